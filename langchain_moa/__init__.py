@@ -1,0 +1,26 @@
+"""Mixture-of-Agents as a LangChain chat model, orchestrated with LangGraph."""
+
+from importlib import metadata
+
+from langchain_moa.chat_model import PROGRESS_EVENT, MoAChatModel
+from langchain_moa.errors import AggregatorFailedError, MoAError, ProposersFailedError
+from langchain_moa.graph import RunOptions
+from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT
+from langchain_moa.state import Proposal
+
+try:
+    __version__ = metadata.version("langchain-moa")
+except metadata.PackageNotFoundError:  # pragma: no cover - source checkout
+    __version__ = "0.0.0"
+
+__all__ = [
+    "DEFAULT_AGGREGATOR_PROMPT",
+    "PROGRESS_EVENT",
+    "AggregatorFailedError",
+    "MoAChatModel",
+    "MoAError",
+    "Proposal",
+    "ProposersFailedError",
+    "RunOptions",
+    "__version__",
+]

@@ -1,0 +1,87 @@
+"""Which of the caller's callback handlers follow a run into its inner model calls.
+
+To its caller, an ensemble behaves as one chat model: handlers that count tokens,
+stream messages (LangGraph's ``stream_mode="messages"``) or record events see the
+ensemble's own run only. Tracers (``BaseTracer`` subclasses such as LangSmith's
+``LangChainTracer``) follow the inner runs, so traces keep the full tree.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+from typing import Literal
+from uuid import UUID
+
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    BaseCallbackHandler,
+    BaseCallbackManager,
+    CallbackManager,
+)
+from langchain_core.runnables.config import var_child_runnable_config
+from langchain_core.tracers.base import AsyncBaseTracer, BaseTracer
+from langchain_core.tracers.context import _configure_hooks
+
+InnerCallbacks = Literal["tracers", "all"]
+"""``"tracers"``: only tracers see inner runs (default); ``"all"``: every handler."""
+
+
+def _follows(handler: BaseCallbackHandler, policy: InnerCallbacks) -> bool:
+    return policy == "all" or isinstance(handler, (BaseTracer, AsyncBaseTracer))
+
+
+def child_manager(
+    parent: BaseCallbackManager,
+    run_id: UUID,
+    policy: InnerCallbacks,
+    *,
+    is_async: bool,
+) -> BaseCallbackManager:
+    """Return a callback manager for runs nested under run ``run_id``.
+
+    Args:
+        parent: A manager holding the run's inheritable handlers, tags and metadata.
+        run_id: The run the inner runs belong to.
+        policy: Which handlers follow into the inner runs.
+        is_async: Build an ``AsyncCallbackManager`` instead of a ``CallbackManager``.
+    """
+    handlers = [h for h in parent.inheritable_handlers if _follows(h, policy)]
+    cls = AsyncCallbackManager if is_async else CallbackManager
+    return cls(
+        handlers=list(handlers),
+        inheritable_handlers=list(handlers),
+        parent_run_id=run_id,
+        tags=list(parent.inheritable_tags),
+        inheritable_tags=list(parent.inheritable_tags),
+        metadata=dict(parent.inheritable_metadata),
+        inheritable_metadata=dict(parent.inheritable_metadata),
+    )
+
+
+def inner_context(policy: InnerCallbacks) -> contextvars.Context:
+    """Return a copy of the current context for running the inner graph.
+
+    The ambient runnable config is cleared: when the ensemble runs inside a node
+    of a user's graph, LangGraph would otherwise merge that node's config
+    (callbacks, checkpoint namespace) into the inner graph's, nesting inner runs
+    under the wrong parent. Handlers that LangChain attaches from context
+    variables (for example ``get_usage_metadata_callback()``) would join every
+    inner call on their own; with the ``"tracers"`` policy, non-tracer ones are
+    switched off in the copy. Tracing context (``tracing_v2_enabled``) is kept.
+    """
+    context = contextvars.copy_context()
+    context.run(var_child_runnable_config.set, None)
+    if policy == "all":
+        return context
+    hooked: Sequence[contextvars.ContextVar] = [
+        var for var, *_ in _configure_hooks if not _follows_var(var)
+    ]
+    for var in hooked:
+        context.run(var.set, None)
+    return context
+
+
+def _follows_var(var: contextvars.ContextVar) -> bool:
+    handler = var.get(None)
+    return handler is None or isinstance(handler, (BaseTracer, AsyncBaseTracer))

@@ -1,0 +1,588 @@
+"""``MoAChatModel``: Mixture-of-Agents as a LangChain chat model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar
+from functools import cached_property
+from typing import Any
+from uuid import UUID, uuid4
+
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    BaseCallbackManager,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.base import LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata, add_usage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableConfig, ensure_config
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import ConfigDict, Field, model_validator
+
+from langchain_moa.callbacks import InnerCallbacks, child_manager, inner_context
+from langchain_moa.events import AnswerToken, ProgressEvent, event_to_dict
+from langchain_moa.graph import RunOptions, build_moa_graph
+from langchain_moa.inner_models import model_identity
+from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT
+from langchain_moa.state import MoAState, Proposal
+
+PROGRESS_EVENT = "moa_progress"
+"""Name of the custom callback event that carries progress (see ``events``)."""
+
+_PAPER_LAYERS = 3
+# Hands the run of ``stream()``/``astream()`` to ``_stream``/``_astream``, which
+# LangChain calls without a run manager (see ``MoAChatModel.stream``).
+_STREAM_RUN: ContextVar[tuple[UUID, BaseCallbackManager] | None] = ContextVar(
+    "moa_stream_run", default=None
+)
+
+
+class MoAChatModel(BaseChatModel):
+    """Mixture-of-Agents (Wang et al., 2024) as a LangChain chat model.
+
+    Layer 1's proposers answer the conversation in parallel; every agent of a
+    later layer, and finally the aggregator, gets the conversation plus all
+    successful answers of the layer before, as the numbered references of the
+    paper's aggregate-and-synthesize system prompt. The result is the
+    aggregator's message, with the summed token usage of every inner call and
+    every proposal in ``response_metadata``.
+
+    Setup:
+        ```bash
+        pip install langchain-moa
+        ```
+
+    Instantiate:
+        ```python
+        from langchain_openai import ChatOpenAI
+        from langchain_moa import MoAChatModel
+
+        llm = MoAChatModel(
+            proposers=[ChatOpenAI(model="gpt-4o-mini"), ChatOpenAI(model="gpt-4.1-mini")],
+            aggregator=ChatOpenAI(model="gpt-4o"),
+            layers=3,  # paper's MoA; 2 = MoA-Lite
+        )
+        ```
+
+    Invoke:
+        ```python
+        msg = llm.invoke("Why is the sky blue?")
+        msg.content  # the aggregator's answer
+        msg.usage_metadata  # tokens of all inner calls
+        msg.response_metadata["proposals"]  # per layer: model, text, usage, latency, error
+        ```
+
+    Stream (the aggregator's tokens, as it writes them):
+        ```python
+        for chunk in llm.stream("Why is the sky blue?"):
+            print(chunk.content, end="")
+        ```
+
+    Per-layer proposers:
+        ```python
+        MoAChatModel(proposers=[[a, b, c], [d, e]], aggregator=f)  # layers = 3
+        ```
+
+    Graph:
+        ``llm.graph`` is the compiled LangGraph state machine: input
+        ``{"messages": [...]}``, output ``{"messages": [..., answer], "proposals":
+        [...], "aggregation": ...}``. It can be added as a node of a graph whose
+        state has a ``messages`` channel.
+    """
+
+    proposers: list[BaseChatModel] | list[list[BaseChatModel]]
+    """Proposer models: one list reused in every proposer layer, or one list per
+    proposer layer. A model may appear more than once (Self-MoA)."""
+
+    aggregator: BaseChatModel
+    """The model that synthesizes the last proposer layer's answers."""
+
+    layers: int | None = None
+    """All layers, the aggregator's included: 3 is the paper's MoA, 2 MoA-Lite.
+    Defaults to 3 for a flat ``proposers`` list; follows from per-layer lists."""
+
+    aggregator_prompt: str = DEFAULT_AGGREGATOR_PROMPT
+    """System prompt that introduces the references; the paper's by default."""
+
+    min_proposers: int = Field(default=1, ge=1)
+    """Successful answers each proposer layer needs for the run to go on; below
+    it, ``ProposersFailedError`` is raised with every cause."""
+
+    temperature: float | None = None
+    """If set, the sampling temperature of every inner call."""
+
+    max_tokens: int | None = None
+    """If set, the maximum tokens of every inner call."""
+
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    """Default stop sequences, applied to the aggregator (the final answer)."""
+
+    streaming: bool = False
+    """Whether ``invoke`` streams the aggregator internally (callbacks see its tokens)."""
+
+    model_name: str = Field(default="mixture-of-agents", alias="model")
+    """Name of the ensemble in ``response_metadata`` and traces."""
+
+    inner_callbacks: InnerCallbacks = "tracers"
+    """Which of the caller's callback handlers see the inner model runs:
+    ``"tracers"`` (LangSmith and other tracers; the ensemble looks like one chat
+    model to everything else) or ``"all"``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_proposers(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        proposers = values.get("proposers")
+        if isinstance(proposers, BaseChatModel) or not isinstance(proposers, Sequence):
+            msg = "proposers must be a list of chat models or a list of lists of chat models"
+            raise ValueError(msg)
+        if not proposers:
+            msg = "proposers is empty: give at least one proposer model"
+            raise ValueError(msg)
+        nested = [isinstance(p, Sequence) and not isinstance(p, str) for p in proposers]
+        if any(nested) and not all(nested):
+            msg = "proposers mixes models and lists: give a list of models or a list of lists"
+            raise ValueError(msg)
+        layers = proposers if all(nested) else [proposers]
+        for number, layer in enumerate(layers, 1):
+            if not layer:
+                msg = f"proposer layer {number} is empty: every layer needs a proposer"
+                raise ValueError(msg)
+            for position, model in enumerate(layer):
+                if not isinstance(model, BaseChatModel):
+                    where = f"layer {number}, position {position}" if all(nested) else f"position {position}"
+                    msg = f"proposer at {where} is a {type(model).__name__}, not a chat model"
+                    raise ValueError(msg)
+        aggregator = values.get("aggregator")
+        if "aggregator" in values and not isinstance(aggregator, BaseChatModel):
+            msg = f"aggregator is a {type(aggregator).__name__}, not a chat model"
+            raise ValueError(msg)
+        return values
+
+    @model_validator(mode="after")
+    def _check_layers(self) -> MoAChatModel:
+        per_layer = isinstance(self.proposers[0], list)
+        if per_layer:
+            implied = len(self.proposers) + 1
+            if self.layers is not None and self.layers != implied:
+                msg = (
+                    f"layers={self.layers} does not match the {len(self.proposers)} "
+                    f"proposer layers given (+1 aggregator layer = {implied})"
+                )
+                raise ValueError(msg)
+            self.layers = implied
+        elif self.layers is None:
+            self.layers = _PAPER_LAYERS
+        if self.layers < 2:
+            msg = f"layers must be at least 2 (one proposer layer and the aggregator), got {self.layers}"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def proposer_layers(self) -> tuple[tuple[BaseChatModel, ...], ...]:
+        """The proposer models of each proposer layer, in order."""
+        if isinstance(self.proposers[0], list):
+            return tuple(tuple(layer) for layer in self.proposers)  # type: ignore[arg-type]
+        return (tuple(self.proposers),) * (self.layers - 1)  # type: ignore[arg-type, operator]
+
+    @cached_property
+    def graph(self) -> CompiledStateGraph:
+        """The compiled LangGraph state machine (built on first use).
+
+        Input ``{"messages": [...]}``; output ``{"messages": [..., answer],
+        "proposals": [Proposal, ...], "aggregation": Proposal}``. Per-call
+        options are passed as ``context=RunOptions(...)``.
+        """
+        call_kwargs = {
+            key: value
+            for key, value in (("temperature", self.temperature), ("max_tokens", self.max_tokens))
+            if value is not None
+        }
+        return build_moa_graph(
+            self.proposer_layers,
+            self.aggregator,
+            prompt=self.aggregator_prompt,
+            min_proposers=self.min_proposers,
+            call_kwargs=call_kwargs,
+        )
+
+    @property
+    def _llm_type(self) -> str:
+        return "mixture-of-agents"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "layers": self.layers,
+            "proposers": [[model_identity(m) for m in layer] for layer in self.proposer_layers],
+            "aggregator": model_identity(self.aggregator),
+            "aggregator_prompt_sha256": hashlib.sha256(self.aggregator_prompt.encode()).hexdigest(),
+            "min_proposers": self.min_proposers,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="langchain-moa",
+            ls_model_name=kwargs.get("model", self.model_name),
+            ls_model_type="chat",
+        )
+        if (temperature := kwargs.get("temperature", self.temperature)) is not None:
+            params["ls_temperature"] = temperature
+        if (max_tokens := kwargs.get("max_tokens", self.max_tokens)) is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop := stop or self.stop:
+            params["ls_stop"] = stop
+        return params
+
+    # -- running the graph -------------------------------------------------
+
+    def _run_options(self, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool) -> RunOptions:
+        if "model" in kwargs:
+            msg = (
+                "MoAChatModel has no single model to override with model=...; "
+                "configure the proposers and the aggregator instead"
+            )
+            raise TypeError(msg)
+        aggregator_kwargs = dict(kwargs)
+        if stop := stop or self.stop:
+            aggregator_kwargs["stop"] = stop
+        tags = ("nostream",) if self.inner_callbacks == "tracers" else ()
+        return RunOptions(aggregator_kwargs=aggregator_kwargs, stream_answer=stream, inner_tags=tags)
+
+    def _graph_input(self, messages: list[BaseMessage]) -> dict[str, Any]:
+        if not messages:
+            msg = "MoAChatModel got an empty message list: give at least one message"
+            raise ValueError(msg)
+        # Copies: LangGraph's message reducer assigns ids, which must not touch
+        # the caller's objects.
+        return {"messages": [m.model_copy() for m in messages]}
+
+    def _graph_config(self, parent: BaseCallbackManager | None, run_id: UUID | None, *, is_async: bool) -> RunnableConfig:
+        # Enough threads for the widest layer plus the layer subgraph's own node
+        # (sync LangGraph sizes its thread pool from max_concurrency).
+        width = max(len(layer) for layer in self.proposer_layers) + 1
+        config: RunnableConfig = {"max_concurrency": width, "run_name": "mixture_of_agents"}
+        if parent is not None and run_id is not None:
+            config["callbacks"] = child_manager(parent, run_id, self.inner_callbacks, is_async=is_async)
+        return config
+
+    def _result(self, state: MoAState) -> AIMessage:
+        answer = state["messages"][-1]
+        aggregation = state["aggregation"]
+        proposals = state.get("proposals", [])
+        usage = _total_usage([*proposals, aggregation])
+        content = answer.content
+        extra: dict[str, Any] = {}
+        if isinstance(answer, AIMessage):
+            extra = {
+                "tool_calls": answer.tool_calls,
+                "invalid_tool_calls": answer.invalid_tool_calls,
+                "additional_kwargs": answer.additional_kwargs,
+            }
+        return AIMessage(
+            content=content,
+            usage_metadata=usage,
+            response_metadata=self._response_metadata(answer, state),
+            **extra,
+        )
+
+    def _response_metadata(self, answer: BaseMessage, state: MoAState) -> dict[str, Any]:
+        proposals = state.get("proposals", [])
+        layers = [[p.to_dict() for p in proposals if p.layer == n] for n in range(1, len(self.proposer_layers) + 1)]
+        failed = [p for p in proposals if not p.ok]
+        inner = answer.response_metadata
+        metadata: dict[str, Any] = {
+            "model_name": self.model_name,
+            "aggregator": state["aggregation"].to_dict(),
+            "proposals": layers,
+            "failed_proposers": len(failed),
+            "degraded": bool(failed),
+        }
+        for key in ("finish_reason", "model_provider"):
+            if key in inner:
+                metadata[key] = inner[key]
+        return metadata
+
+    def _final_chunk(self, state: MoAState) -> ChatGenerationChunk:
+        answer = state["messages"][-1]
+        usage = _total_usage([*state.get("proposals", []), state["aggregation"]])
+        chunk = AIMessageChunk(
+            content="",
+            usage_metadata=usage,
+            response_metadata=self._response_metadata(answer, state),
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=chunk)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        *_, state = self._run(messages, stop, run_manager, kwargs, stream=False)
+        return ChatResult(generations=[ChatGeneration(message=self._result(state))])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        state: Any = None
+        async for state in self._arun(messages, stop, run_manager, kwargs, stream=False):  # noqa: B007
+            pass
+        return ChatResult(generations=[ChatGeneration(message=self._result(state))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        for item in self._run(messages, stop, run_manager, kwargs, stream=True):
+            yield item if isinstance(item, ChatGenerationChunk) else self._final_chunk(item)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        async for item in self._arun(messages, stop, run_manager, kwargs, stream=True):
+            yield item if isinstance(item, ChatGenerationChunk) else self._final_chunk(item)
+
+    # -- running the graph ---------------------------------------------------
+    # ``_run``/``_arun`` drive the graph's stream and yield the answer's chunks
+    # (when streaming), then the final state. Progress events go to the
+    # caller's handlers as ``moa_progress`` custom events.
+
+    def _run(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+        *,
+        stream: bool,
+    ) -> Iterator[Any]:
+        run_id, parent = _run_parent(run_manager)
+        inputs = self._graph_input(messages)
+        options = self._run_options(stop, kwargs, stream=stream)
+        config = self._graph_config(parent, run_id, is_async=False)
+        context = inner_context(self.inner_callbacks)
+        progress = _progress_manager(parent, run_id, CallbackManager)
+        items = context.run(self.graph.stream, inputs, config, context=options, **_STREAM_MODES)
+        state: MoAState | None = None
+        try:
+            while (item := context.run(next, items, None)) is not None:
+                kind, payload = _classify(item)
+                if kind == "token":
+                    yield _token_chunk(payload)
+                elif kind == "progress" and progress:
+                    progress.on_custom_event(PROGRESS_EVENT, event_to_dict(payload), run_id=run_id)
+                elif kind == "state":
+                    state = payload
+        finally:
+            context.run(items.close)
+        yield _checked(state)
+
+    async def _arun(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+        *,
+        stream: bool,
+    ) -> AsyncIterator[Any]:
+        run_id, parent = _run_parent(run_manager)
+        inputs = self._graph_input(messages)
+        options = self._run_options(stop, kwargs, stream=stream)
+        config = self._graph_config(parent, run_id, is_async=True)
+        context = inner_context(self.inner_callbacks)
+        progress = _progress_manager(parent, run_id, AsyncCallbackManager)
+        state: MoAState | None = None
+
+        def items() -> AsyncIterator[Any]:
+            return self.graph.astream(inputs, config, context=options, **_STREAM_MODES)
+
+        async for item in _aiter_in_context(context, items):
+            kind, payload = _classify(item)
+            if kind == "token":
+                yield _token_chunk(payload)
+            elif kind == "progress" and progress:
+                await progress.on_custom_event(PROGRESS_EVENT, event_to_dict(payload), run_id=run_id)
+            elif kind == "state":
+                state = payload
+        yield _checked(state)
+
+    # -- handing the run over to _stream ---------------------------------------
+
+    def stream(
+        self,
+        input: LanguageModelInput,  # noqa: A002 - LangChain's signature
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        """Stream the aggregator's answer; see ``BaseChatModel.stream``.
+
+        LangChain calls ``_stream`` without the run it started, so this names
+        the run and hands its callback manager over, keeping inner runs nested
+        under the ensemble's run.
+        """
+        config = self._stream_config(config, CallbackManager)
+        _STREAM_RUN.set((config["run_id"], config["callbacks"]))  # type: ignore[typeddict-item]
+        try:
+            yield from super().stream(input, config, stop=stop, **kwargs)
+        finally:
+            _STREAM_RUN.set(None)
+
+    async def astream(
+        self,
+        input: LanguageModelInput,  # noqa: A002 - LangChain's signature
+        config: RunnableConfig | None = None,
+        *,
+        stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """Stream the aggregator's answer; see ``BaseChatModel.astream``."""
+        config = self._stream_config(config, AsyncCallbackManager)
+        _STREAM_RUN.set((config["run_id"], config["callbacks"]))  # type: ignore[typeddict-item]
+        try:
+            async for chunk in super().astream(input, config, stop=stop, **kwargs):
+                yield chunk
+        finally:
+            _STREAM_RUN.set(None)
+
+    def _stream_config(self, config: RunnableConfig | None, manager_cls: type[Any]) -> RunnableConfig:
+        config = ensure_config(config)
+        manager = manager_cls.configure(
+            config.get("callbacks"),
+            self.callbacks,
+            self.verbose,
+            config.get("tags"),
+            self.tags,
+            config.get("metadata"),
+            self.metadata,
+        )
+        return {**config, "run_id": config.get("run_id") or uuid4(), "callbacks": manager}
+
+
+_STREAM_MODES: dict[str, Any] = {"stream_mode": ["custom", "values"], "subgraphs": True}
+
+
+def _classify(item: tuple[Any, ...]) -> tuple[str, Any]:
+    """Sort one ``(namespace, mode, payload)`` item of the graph's stream.
+
+    Returns ``("token", AnswerToken)``, ``("progress", event)``, ``("state",
+    state)`` for the top-level graph's state, or ``("other", payload)``.
+    """
+    namespace, mode, payload = item
+    if mode == "custom":
+        return ("token" if isinstance(payload, AnswerToken) else "progress"), payload
+    return ("other" if namespace else "state"), payload
+
+
+def _checked(state: MoAState | None) -> MoAState:
+    if state is None or "aggregation" not in state:
+        msg = "the Mixture-of-Agents graph ended without an answer"
+        raise RuntimeError(msg)
+    return state
+
+
+def _run_parent(run_manager: Any) -> tuple[UUID | None, Any]:
+    """The run that inner runs nest under, and a manager with its handlers.
+
+    ``stream()``/``astream()`` hand their run over through ``_STREAM_RUN``
+    because LangChain calls ``_stream`` without a run manager.
+    """
+    if run_manager is not None:
+        return run_manager.run_id, run_manager
+    handed_over = _STREAM_RUN.get()
+    _STREAM_RUN.set(None)
+    return handed_over if handed_over else (None, None)
+
+
+def _token_chunk(token: AnswerToken) -> ChatGenerationChunk:
+    """Re-emit an aggregator chunk without its own usage and metadata.
+
+    The ensemble's summed usage and metadata go on the final chunk only, since
+    LangChain adds usage and concatenates metadata strings across chunks.
+    """
+    inner = token.chunk
+    return ChatGenerationChunk(
+        message=AIMessageChunk(
+            content=inner.content,
+            additional_kwargs=inner.additional_kwargs,
+            tool_call_chunks=inner.tool_call_chunks,
+        )
+    )
+
+
+def _total_usage(records: Sequence[Proposal]) -> UsageMetadata | None:
+    total: UsageMetadata | None = None
+    for record in records:
+        if record.usage:
+            total = record.usage if total is None else add_usage(total, record.usage)
+    return total
+
+
+def _progress_manager(parent: Any, run_id: UUID | None, manager_cls: type[Any]) -> Any:
+    """A manager that delivers progress events to the caller's handlers."""
+    if parent is None or run_id is None or not parent.handlers:
+        return None
+    return manager_cls(handlers=list(parent.handlers), parent_run_id=run_id)
+
+
+async def _aiter_in_context(
+    context: contextvars.Context, make: Callable[[], AsyncIterator[Any]]
+) -> AsyncIterator[Any]:
+    """Iterate an async iterator that runs as a task inside ``context``.
+
+    A task copies the context it is created in, so the producer sees the
+    context's variables for its whole life, whatever the consumer's context.
+    """
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def produce() -> None:
+        try:
+            async for item in make():
+                await queue.put(("item", item))
+        except Exception as error:  # noqa: BLE001 - re-raised by the consumer
+            await queue.put(("error", error))
+        await queue.put(("done", None))
+
+    task = context.run(asyncio.ensure_future, produce())
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "done":
+                break
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

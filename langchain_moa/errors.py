@@ -1,0 +1,72 @@
+"""Exceptions raised by Mixture-of-Agents runs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from langchain_moa.state import Proposal
+
+_SECRET_PATTERNS = (
+    re.compile(r"\b(?:sk|pk|rk|tgp|gsk|xai)[-_][A-Za-z0-9_\-*]{6,}"),
+    re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._\-]+"),
+)
+
+
+def redact(text: str) -> str:
+    """Mask substrings that look like API keys or bearer tokens."""
+    text = _SECRET_PATTERNS[0].sub("[REDACTED]", text)
+    return _SECRET_PATTERNS[1].sub(r"\1 [REDACTED]", text)
+
+
+def describe_error(error: BaseException) -> str:
+    """Return ``"ErrorType: message"`` for ``error``, with secrets masked."""
+    message = str(error).strip()
+    name = type(error).__name__
+    return redact(f"{name}: {message}" if message else name)
+
+
+class MoAError(Exception):
+    """Base class of the errors raised by a Mixture-of-Agents run."""
+
+
+class ProposersFailedError(MoAError):
+    """Too few proposers of a layer answered for the run to go on.
+
+    Attributes:
+        layer: The proposer layer (from 1) that fell short.
+        required: How many successful answers the layer needed.
+        proposals: Every proposal of that layer, failed ones included, so no
+            answer or cause is lost.
+    """
+
+    def __init__(self, layer: int, required: int, proposals: Sequence[Proposal]):
+        self.layer = layer
+        self.required = required
+        self.proposals = list(proposals)
+        failures = [p for p in self.proposals if not p.ok]
+        ok = len(self.proposals) - len(failures)
+        causes = "; ".join(f"{p.model} (#{p.index}): {p.error}" for p in failures)
+        super().__init__(
+            f"layer {layer}: {ok} of {len(self.proposals)} proposers answered, "
+            f"{required} needed. Failures: {causes}"
+        )
+
+    @property
+    def failures(self) -> list[Proposal]:
+        """The proposals of the layer that failed."""
+        return [p for p in self.proposals if not p.ok]
+
+
+class AggregatorFailedError(MoAError):
+    """The aggregator failed; the proposals it would have read are attached.
+
+    Attributes:
+        model: Name of the aggregator model.
+        proposals: Every proposal of every layer.
+    """
+
+    def __init__(self, model: str, cause: BaseException, proposals: Sequence[Proposal]):
+        self.model = model
+        self.proposals = list(proposals)
+        super().__init__(f"aggregator {model} failed: {describe_error(cause)}")

@@ -1,0 +1,65 @@
+"""The aggregate-and-synthesize prompt and the injection of references."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from langchain_core.messages import BaseMessage, SystemMessage
+
+DEFAULT_AGGREGATOR_PROMPT = (
+    "You have been provided with a set of responses from various open-source "
+    "models to the latest user query. Your task is to synthesize these responses "
+    "into a single, high-quality response. It is crucial to critically evaluate "
+    "the information provided in these responses, recognizing that some of it may "
+    "be biased or incorrect. Your response should not simply replicate the given "
+    "answers but should offer a refined, accurate, and comprehensive reply to the "
+    "instruction. Ensure your response is well-structured, coherent, and adheres "
+    "to the highest standards of accuracy and reliability.\n\n"
+    "Responses from models:"
+)
+"""The paper's aggregate-and-synthesize prompt (Wang et al., 2024, Table 1)."""
+
+
+def format_references(prompt: str, references: Sequence[str]) -> str:
+    """Append numbered references to the aggregate-and-synthesize prompt.
+
+    Args:
+        prompt: The aggregate-and-synthesize prompt.
+        references: Answers of the previous layer, in order.
+
+    Returns:
+        The prompt followed by ``"\\n{i}. {text}"`` for each reference, ``i`` from 1.
+    """
+    return prompt + "".join(f"\n{i}. {text}" for i, text in enumerate(references, 1))
+
+
+def inject_references(
+    messages: Sequence[BaseMessage], references: Sequence[str], prompt: str
+) -> list[BaseMessage]:
+    """Return a copy of ``messages`` with the references in the system message.
+
+    The reference block is appended (after a blank line) to a leading system
+    message, or becomes a new first system message. The input list and its
+    messages are never modified. With no references the messages are returned
+    unchanged (as a new list).
+
+    Args:
+        messages: The caller's conversation.
+        references: Successful answers of the previous layer.
+        prompt: The aggregate-and-synthesize prompt.
+
+    Returns:
+        The conversation to send to an agent of the next layer.
+    """
+    if not references:
+        return list(messages)
+    block = format_references(prompt, references)
+    if messages and isinstance(messages[0], SystemMessage):
+        first = messages[0]
+        content = first.content
+        if isinstance(content, str):
+            new_content: str | list = content + "\n\n" + block
+        else:
+            new_content = [*content, {"type": "text", "text": "\n\n" + block}]
+        return [first.model_copy(update={"content": new_content}), *messages[1:]]
+    return [SystemMessage(content=block), *messages]

@@ -1,0 +1,74 @@
+"""State of the Mixture-of-Agents graph and the record of one proposal."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+
+from langchain_core.messages import AnyMessage
+from langchain_core.messages.ai import UsageMetadata
+from langgraph.graph.message import add_messages
+from typing_extensions import TypedDict
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One proposer's answer (or failure) in one layer.
+
+    Attributes:
+        layer: Proposer layer, counting from 1.
+        index: Position of the proposer within its layer, counting from 0.
+        model: Name of the model that answered.
+        text: The answer's text, or ``None`` if the call failed.
+        usage: Token usage reported by the model, if any.
+        latency_s: Wall time of the call in seconds.
+        error: ``"ErrorType: message"`` if the call failed, else ``None``.
+    """
+
+    layer: int
+    index: int
+    model: str
+    text: str | None
+    usage: UsageMetadata | None
+    latency_s: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the proposer produced an answer."""
+        return self.error is None and self.text is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serializable dict (used in ``response_metadata``)."""
+        return asdict(self)
+
+
+def merge_proposals(left: list[Proposal], right: list[Proposal]) -> list[Proposal]:
+    """Reducer: add proposals, replacing any with the same (layer, index).
+
+    Keying by position makes the reducer idempotent, so a layer subgraph that
+    returns every proposal it saw does not duplicate earlier layers.
+    """
+    merged = {(p.layer, p.index): p for p in left}
+    merged.update({(p.layer, p.index): p for p in right})
+    return sorted(merged.values(), key=lambda p: (p.layer, p.index))
+
+
+class MoAState(TypedDict, total=False):
+    """State of the Mixture-of-Agents graph.
+
+    Input: ``messages`` (the conversation). Output: ``messages`` with the
+    aggregator's answer appended (so the graph drops into a ``MessagesState``
+    graph), ``proposals`` (every proposer's answer of every layer) and
+    ``aggregation`` (the aggregator's call: model, latency, usage).
+    """
+
+    messages: Annotated[list[AnyMessage], add_messages]
+    proposals: Annotated[list[Proposal], merge_proposals]
+    aggregation: Proposal
+
+
+class MoAInput(TypedDict):
+    """Input of the Mixture-of-Agents graph."""
+
+    messages: list[AnyMessage]
