@@ -28,7 +28,7 @@ from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, model_validator
 
 from langchain_moa.callbacks import InnerCallbacks, child_manager, inner_context
-from langchain_moa.events import AnswerToken, ProgressEvent, event_to_dict
+from langchain_moa.events import AnswerToken, event_to_dict
 from langchain_moa.graph import RunOptions, build_moa_graph
 from langchain_moa.inner_models import model_identity
 from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT
@@ -161,7 +161,11 @@ class MoAChatModel(BaseChatModel):
                 raise ValueError(msg)
             for position, model in enumerate(layer):
                 if not isinstance(model, BaseChatModel):
-                    where = f"layer {number}, position {position}" if all(nested) else f"position {position}"
+                    where = (
+                        f"layer {number}, position {position}"
+                        if all(nested)
+                        else f"position {position}"
+                    )
                     msg = f"proposer at {where} is a {type(model).__name__}, not a chat model"
                     raise ValueError(msg)
         aggregator = values.get("aggregator")
@@ -185,7 +189,10 @@ class MoAChatModel(BaseChatModel):
         elif self.layers is None:
             self.layers = _PAPER_LAYERS
         if self.layers < 2:
-            msg = f"layers must be at least 2 (one proposer layer and the aggregator), got {self.layers}"
+            msg = (
+                f"layers must be at least 2 (one proposer layer and the aggregator), "
+                f"got {self.layers}"
+            )
             raise ValueError(msg)
         return self
 
@@ -206,7 +213,10 @@ class MoAChatModel(BaseChatModel):
         """
         call_kwargs = {
             key: value
-            for key, value in (("temperature", self.temperature), ("max_tokens", self.max_tokens))
+            for key, value in (
+                ("temperature", self.temperature),
+                ("max_tokens", self.max_tokens),
+            )
             if value is not None
         }
         return build_moa_graph(
@@ -250,7 +260,9 @@ class MoAChatModel(BaseChatModel):
 
     # -- running the graph -------------------------------------------------
 
-    def _run_options(self, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool) -> RunOptions:
+    def _run_options(
+        self, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
+    ) -> RunOptions:
         if "model" in kwargs:
             msg = (
                 "MoAChatModel has no single model to override with model=...; "
@@ -261,7 +273,9 @@ class MoAChatModel(BaseChatModel):
         if stop := stop or self.stop:
             aggregator_kwargs["stop"] = stop
         tags = ("nostream",) if self.inner_callbacks == "tracers" else ()
-        return RunOptions(aggregator_kwargs=aggregator_kwargs, stream_answer=stream, inner_tags=tags)
+        return RunOptions(
+            aggregator_kwargs=aggregator_kwargs, stream_answer=stream, inner_tags=tags
+        )
 
     def _graph_input(self, messages: list[BaseMessage]) -> dict[str, Any]:
         if not messages:
@@ -271,13 +285,20 @@ class MoAChatModel(BaseChatModel):
         # the caller's objects.
         return {"messages": [m.model_copy() for m in messages]}
 
-    def _graph_config(self, parent: BaseCallbackManager | None, run_id: UUID | None, *, is_async: bool) -> RunnableConfig:
+    def _graph_config(
+        self, parent: BaseCallbackManager | None, run_id: UUID | None, *, is_async: bool
+    ) -> RunnableConfig:
         # Enough threads for the widest layer plus the layer subgraph's own node
         # (sync LangGraph sizes its thread pool from max_concurrency).
         width = max(len(layer) for layer in self.proposer_layers) + 1
-        config: RunnableConfig = {"max_concurrency": width, "run_name": "mixture_of_agents"}
+        config: RunnableConfig = {
+            "max_concurrency": width,
+            "run_name": "mixture_of_agents",
+        }
         if parent is not None and run_id is not None:
-            config["callbacks"] = child_manager(parent, run_id, self.inner_callbacks, is_async=is_async)
+            config["callbacks"] = child_manager(
+                parent, run_id, self.inner_callbacks, is_async=is_async
+            )
         return config
 
     def _result(self, state: MoAState) -> AIMessage:
@@ -302,7 +323,10 @@ class MoAChatModel(BaseChatModel):
 
     def _response_metadata(self, answer: BaseMessage, state: MoAState) -> dict[str, Any]:
         proposals = state.get("proposals", [])
-        layers = [[p.to_dict() for p in proposals if p.layer == n] for n in range(1, len(self.proposer_layers) + 1)]
+        layers = [
+            [p.to_dict() for p in proposals if p.layer == n]
+            for n in range(1, len(self.proposer_layers) + 1)
+        ]
         failed = [p for p in proposals if not p.ok]
         inner = answer.response_metadata
         metadata: dict[str, Any] = {
@@ -345,9 +369,8 @@ class MoAChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        state: Any = None
-        async for state in self._arun(messages, stop, run_manager, kwargs, stream=False):  # noqa: B007
-            pass
+        items = [i async for i in self._arun(messages, stop, run_manager, kwargs, stream=False)]
+        state = items[-1]
         return ChatResult(generations=[ChatGeneration(message=self._result(state))])
 
     def _stream(
@@ -358,7 +381,7 @@ class MoAChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         for item in self._run(messages, stop, run_manager, kwargs, stream=True):
-            yield item if isinstance(item, ChatGenerationChunk) else self._final_chunk(item)
+            yield (item if isinstance(item, ChatGenerationChunk) else self._final_chunk(item))
 
     async def _astream(
         self,
@@ -368,7 +391,7 @@ class MoAChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         async for item in self._arun(messages, stop, run_manager, kwargs, stream=True):
-            yield item if isinstance(item, ChatGenerationChunk) else self._final_chunk(item)
+            yield (item if isinstance(item, ChatGenerationChunk) else self._final_chunk(item))
 
     # -- running the graph ---------------------------------------------------
     # ``_run``/``_arun`` drive the graph's stream and yield the answer's chunks
@@ -430,7 +453,9 @@ class MoAChatModel(BaseChatModel):
             if kind == "token":
                 yield _token_chunk(payload)
             elif kind == "progress" and progress:
-                await progress.on_custom_event(PROGRESS_EVENT, event_to_dict(payload), run_id=run_id)
+                await progress.on_custom_event(
+                    PROGRESS_EVENT, event_to_dict(payload), run_id=run_id
+                )
             elif kind == "state":
                 state = payload
         yield _checked(state)
@@ -439,7 +464,7 @@ class MoAChatModel(BaseChatModel):
 
     def stream(
         self,
-        input: LanguageModelInput,  # noqa: A002 - LangChain's signature
+        input: LanguageModelInput,
         config: RunnableConfig | None = None,
         *,
         stop: list[str] | None = None,
@@ -460,7 +485,7 @@ class MoAChatModel(BaseChatModel):
 
     async def astream(
         self,
-        input: LanguageModelInput,  # noqa: A002 - LangChain's signature
+        input: LanguageModelInput,
         config: RunnableConfig | None = None,
         *,
         stop: list[str] | None = None,
@@ -475,7 +500,9 @@ class MoAChatModel(BaseChatModel):
         finally:
             _STREAM_RUN.set(None)
 
-    def _stream_config(self, config: RunnableConfig | None, manager_cls: type[Any]) -> RunnableConfig:
+    def _stream_config(
+        self, config: RunnableConfig | None, manager_cls: type[Any]
+    ) -> RunnableConfig:
         config = ensure_config(config)
         manager = manager_cls.configure(
             config.get("callbacks"),
@@ -486,7 +513,11 @@ class MoAChatModel(BaseChatModel):
             config.get("metadata"),
             self.metadata,
         )
-        return {**config, "run_id": config.get("run_id") or uuid4(), "callbacks": manager}
+        return {
+            **config,
+            "run_id": config.get("run_id") or uuid4(),
+            "callbacks": manager,
+        }
 
 
 _STREAM_MODES: dict[str, Any] = {"stream_mode": ["custom", "values"], "subgraphs": True}
@@ -569,7 +600,7 @@ async def _aiter_in_context(
         try:
             async for item in make():
                 await queue.put(("item", item))
-        except Exception as error:  # noqa: BLE001 - re-raised by the consumer
+        except Exception as error:
             await queue.put(("error", error))
         await queue.put(("done", None))
 

@@ -40,7 +40,7 @@ class ProposersFailedError(MoAError):
             answer or cause is lost.
     """
 
-    def __init__(self, layer: int, required: int, proposals: Sequence[Proposal]):
+    def __init__(self, layer: int, required: int, proposals: Sequence[Proposal]) -> None:
         self.layer = layer
         self.required = required
         self.proposals = list(proposals)
@@ -66,7 +66,7 @@ class AggregatorFailedError(MoAError):
         proposals: Every proposal of every layer.
     """
 
-    def __init__(self, model: str, cause: BaseException, proposals: Sequence[Proposal]):
+    def __init__(self, model: str, cause: BaseException, proposals: Sequence[Proposal]) -> None:
         self.model = model
         self.proposals = list(proposals)
         super().__init__(f"aggregator {model} failed: {describe_error(cause)}")

@@ -24,7 +24,11 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import get_runtime
 from typing_extensions import TypedDict
 
-from langchain_moa.errors import AggregatorFailedError, ProposersFailedError, describe_error
+from langchain_moa.errors import (
+    AggregatorFailedError,
+    ProposersFailedError,
+    describe_error,
+)
 from langchain_moa.events import (
     AggregationStarted,
     AnswerToken,
@@ -90,11 +94,17 @@ class _Proposer:
         messages = inject_references(
             state["messages"], _references(state, self.layer - 1), self.prompt
         )
-        metadata = {"moa_layer": self.layer, "moa_proposer": self.index, "moa_model": self.label}
+        metadata = {
+            "moa_layer": self.layer,
+            "moa_proposer": self.index,
+            "moa_model": self.label,
+        }
         name = f"layer {self.layer} · proposer {self.index} · {self.label}"
         return messages, _inner_config(config, name, metadata)
 
-    def _record(self, started: float, message: Any = None, error: BaseException | None = None) -> dict:
+    def _record(
+        self, started: float, message: Any = None, error: BaseException | None = None
+    ) -> dict:
         text = None
         usage = None
         if isinstance(message, AIMessage):
@@ -116,7 +126,7 @@ class _Proposer:
         started = time.perf_counter()
         try:
             return self._record(started, self.model.invoke(messages, inner))
-        except Exception as error:  # noqa: BLE001 - a failed proposer is recorded
+        except Exception as error:
             return self._record(started, error=error)
 
     async def ainvoke(self, state: MoAState, config: RunnableConfig) -> dict:
@@ -124,7 +134,7 @@ class _Proposer:
         started = time.perf_counter()
         try:
             return self._record(started, await self.model.ainvoke(messages, inner))
-        except Exception as error:  # noqa: BLE001 - a failed proposer is recorded
+        except Exception as error:
             return self._record(started, error=error)
 
 
@@ -202,7 +212,10 @@ def _to_message(total: AIMessageChunk | None) -> BaseMessage:
 
 
 def _build_layer(
-    layer: int, proposers: Sequence[tuple[Runnable, str]], prompt: str, min_proposers: int
+    layer: int,
+    proposers: Sequence[tuple[Runnable, str]],
+    prompt: str,
+    min_proposers: int,
 ) -> CompiledStateGraph:
     labels = [label for _, label in proposers]
 
@@ -268,7 +281,8 @@ def build_moa_graph(
     for layer, models in enumerate(proposer_layers, 1):
         name = f"layer_{layer}"
         builder.add_node(
-            name, _build_layer(layer, [prepare(m) for m in models], prompt, min_proposers)
+            name,
+            _build_layer(layer, [prepare(m) for m in models], prompt, min_proposers),
         )
         builder.add_edge(previous, name)
         previous = name

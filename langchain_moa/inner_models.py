@@ -16,9 +16,13 @@ def model_label(model: BaseChatModel) -> str:
         return model.name
     try:
         name = model._get_ls_params().get("ls_model_name")
-    except Exception:  # noqa: BLE001 - a third-party model's tracing params
+    except Exception:
         name = None
-    for candidate in (name, getattr(model, "model_name", None), getattr(model, "model", None)):
+    for candidate in (
+        name,
+        getattr(model, "model_name", None),
+        getattr(model, "model", None),
+    ):
         if isinstance(candidate, str) and candidate:
             return candidate
     return model._llm_type

@@ -21,7 +21,7 @@ DEFAULT_AGGREGATOR_PROMPT = (
 
 
 def format_references(prompt: str, references: Sequence[str]) -> str:
-    """Append numbered references to the aggregate-and-synthesize prompt.
+    r"""Append numbered references to the aggregate-and-synthesize prompt.
 
     Args:
         prompt: The aggregate-and-synthesize prompt.

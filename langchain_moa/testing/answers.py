@@ -72,9 +72,7 @@ NON_TEXT_PART_TOKENS = 1
 """Prompt tokens counted for every non-text content part (image, audio, ...)."""
 
 _SYSTEM_ROLES = frozenset({"system", "developer"})
-_KNOWN_ROLES = frozenset(
-    {"system", "developer", "user", "assistant", "tool", "function"}
-)
+_KNOWN_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _TRANSPORT_KEYS = frozenset({"stream", "stream_options"})
 _TOOL_CHOICE_MODES = frozenset({"none", "auto", "required"})
 _MAX_DEPTH = 8
@@ -109,9 +107,7 @@ _QUOTED_RE = re.compile(
     r"(?<!\w)'([^'\n]+)'(?!\w)|\"([^\"\n]+)\"|\u201c([^\u201d\n]+)\u201d"
     r"|\u2018([^\u2019\n]+)\u2019"
 )
-_QUOTED_KEY_RE = re.compile(
-    r"(?<!\w)['\"\u201c\u2018]([A-Za-z_][\w\-]*)['\"\u201d\u2019](?!\w)"
-)
+_QUOTED_KEY_RE = re.compile(r"(?<!\w)['\"\u201c\u2018]([A-Za-z_][\w\-]*)['\"\u201d\u2019](?!\w)")
 _FORMAT_VALUES = {
     "date-time": "2024-01-01T00:00:00Z",
     "date": "2024-01-01",
@@ -216,8 +212,7 @@ def validate_request(body: Any) -> dict[str, Any]:
             raise RequestError(msg, name)
     stop = body.get("stop")
     if stop is not None and not (
-        isinstance(stop, str)
-        or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
     ):
         msg = "stop must be a string or an array of strings"
         raise RequestError(msg, "stop")
@@ -243,9 +238,7 @@ def _validate_tools(body: Mapping[str, Any]) -> None:
             if tool.get("type", "function") != "function":
                 continue
             function = tool.get("function")
-            if not isinstance(function, Mapping) or not isinstance(
-                function.get("name"), str
-            ):
+            if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
                 msg = f"tools[{index}].function.name must be a string"
                 raise RequestError(msg, f"tools[{index}].function")
             parameters = function.get("parameters")
@@ -292,10 +285,7 @@ def _validate_response_format(response_format: Any) -> None:
         raise RequestError(msg, "response_format")
     kind = response_format.get("type")
     if kind not in {"text", "json_object", "json_schema"}:
-        msg = (
-            "response_format.type must be one of text, json_object, json_schema; "
-            f"got {kind!r}"
-        )
+        msg = f"response_format.type must be one of text, json_object, json_schema; got {kind!r}"
         raise RequestError(msg, "response_format.type")
     if kind == "json_schema":
         spec = response_format.get("json_schema")
@@ -526,10 +516,7 @@ def simulated_answer(model: str, request_body: Mapping[str, Any]) -> str:
     references = find_references(messages)
     if references:
         words = ", ".join(_first_word(reference) for reference in references)
-        return (
-            f"{model} read {len(references)} references [{words}] "
-            f"and answers: {question}"
-        )
+        return f"{model} read {len(references)} references [{words}] and answers: {question}"
     return f"{model} answers: {question}"
 
 
@@ -817,9 +804,7 @@ def _boolean_value(name: str, source: _Source, *, required: bool) -> bool | None
     return False if required else None
 
 
-def _array_value(
-    schema: Mapping[str, Any], name: str, source: _Source, depth: int
-) -> list[Any]:
+def _array_value(schema: Mapping[str, Any], name: str, source: _Source, depth: int) -> list[Any]:
     items = _resolve(schema.get("items", {}), source.root)
     min_items = schema.get("minItems")
     max_items = schema.get("maxItems")
@@ -861,9 +846,7 @@ def _object_value(schema: Mapping[str, Any], source: _Source, depth: int) -> dic
     for key, raw_schema in properties.items():
         prop = _resolve(raw_schema, source.root)
         is_required = key in required
-        value = _generate(
-            prop, key, source, depth + 1, required=is_required, taken=taken
-        )
+        value = _generate(prop, key, source, depth + 1, required=is_required, taken=taken)
         if value is not None or (is_required and prop.get("type") == "null"):
             result[key] = value
     return result
@@ -971,10 +954,7 @@ def json_object_answer(model: str, request_body: Mapping[str, Any]) -> dict[str,
     """
     messages = [m for m in request_body.get("messages") or [] if isinstance(m, Mapping)]
     keys = list(
-        dict.fromkeys(
-            match.group(1)
-            for match in _QUOTED_KEY_RE.finditer(last_user_text(messages))
-        )
+        dict.fromkeys(match.group(1) for match in _QUOTED_KEY_RE.finditer(last_user_text(messages)))
     )
     if keys:
         return {key: f"simulated {key}" for key in keys}
@@ -997,9 +977,7 @@ def request_digest(request_body: Mapping[str, Any]) -> str:
         ignoring ``stream`` and ``stream_options`` (so a streamed and a plain
         request for the same conversation get the same ids).
     """
-    relevant = {
-        key: value for key, value in request_body.items() if key not in _TRANSPORT_KEYS
-    }
+    relevant = {key: value for key, value in request_body.items() if key not in _TRANSPORT_KEYS}
     canonical = json.dumps(relevant, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -1168,9 +1146,7 @@ def simulate(request_body: Mapping[str, Any]) -> SimulatedTurn:
         )
         content = json.dumps(document, ensure_ascii=False)
     elif response_format.get("type") == "json_object":
-        content = json.dumps(
-            json_object_answer(model, request_body), ensure_ascii=False
-        )
+        content = json.dumps(json_object_answer(model, request_body), ensure_ascii=False)
     else:
         content = simulated_answer(model, request_body)
     content = apply_stop(content, request_body.get("stop"))
@@ -1190,9 +1166,7 @@ def simulate(request_body: Mapping[str, Any]) -> SimulatedTurn:
     )
 
 
-def completion_response(
-    turn: SimulatedTurn, *, response_id: str, created: int
-) -> dict[str, Any]:
+def completion_response(turn: SimulatedTurn, *, response_id: str, created: int) -> dict[str, Any]:
     """Build a ``chat.completion`` object.
 
     Args:
@@ -1303,9 +1277,7 @@ def stream_chunks(
                     "index": 0,
                     "delta": delta,
                     "logprobs": None,
-                    "finish_reason": turn.finish_reason
-                    if index == len(deltas) - 1
-                    else None,
+                    "finish_reason": turn.finish_reason if index == len(deltas) - 1 else None,
                 }
             ]
         )
@@ -1334,9 +1306,7 @@ _ERROR_KINDS = {
 }
 
 
-def error_body(
-    status: int, message: str, *, param: str | None = None
-) -> dict[str, Any]:
+def error_body(status: int, message: str, *, param: str | None = None) -> dict[str, Any]:
     """Build an OpenAI-style error body.
 
     Args:

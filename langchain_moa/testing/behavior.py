@@ -99,9 +99,7 @@ class ModelBehavior:
         _check_seconds("retry_after", self.retry_after)
         _check_status("error_status", self.error_status)
         _check_status("failure_status", self.failure_status)
-        if isinstance(self.failure_rate, bool) or not isinstance(
-            self.failure_rate, (int, float)
-        ):
+        if isinstance(self.failure_rate, bool) or not isinstance(self.failure_rate, (int, float)):
             msg = f"failure_rate must be a number, got {self.failure_rate!r}"
             raise TypeError(msg)
         if not 0.0 <= self.failure_rate <= 1.0:

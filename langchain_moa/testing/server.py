@@ -172,11 +172,7 @@ class OpenAISimulator:
     ) -> None:
         self._host = host
         self._bind_host = _check_loopback(host)
-        if (
-            isinstance(port, bool)
-            or not isinstance(port, int)
-            or not (0 <= port <= 65535)
-        ):
+        if isinstance(port, bool) or not isinstance(port, int) or not (0 <= port <= 65535):
             msg = f"port must be an int within 0-65535, got {port!r}"
             raise ValueError(msg)
         self._requested_port = port
@@ -319,9 +315,7 @@ class OpenAISimulator:
 
     async def _startup(self, sock: socket.socket) -> None:
         self._stopping = asyncio.Event()
-        app = web.Application(
-            middlewares=[self._error_middleware], client_max_size=_MAX_BODY_BYTES
-        )
+        app = web.Application(middlewares=[self._error_middleware], client_max_size=_MAX_BODY_BYTES)
         if not self._keep_alive:
             app.on_response_prepare.append(self._close_connection)
         app.router.add_post("/v1/chat/completions", self._chat_completions)
@@ -339,9 +333,7 @@ class OpenAISimulator:
         self._runner = runner
 
     @staticmethod
-    async def _close_connection(
-        request: web.Request, response: web.StreamResponse
-    ) -> None:
+    async def _close_connection(request: web.Request, response: web.StreamResponse) -> None:
         # The hook runs after aiohttp chose the headers: announce the close too.
         response.force_close()
         response.headers["Connection"] = "close"
@@ -388,9 +380,7 @@ class OpenAISimulator:
         with self._lock:
             return {model: state.behavior for model, state in self._states.items()}
 
-    def set_behavior(
-        self, model: str, behavior: ModelBehavior | Mapping[str, Any] | None
-    ) -> None:
+    def set_behavior(self, model: str, behavior: ModelBehavior | Mapping[str, Any] | None) -> None:
         """Set (or with ``None`` remove) the behaviour of a model.
 
         Setting a behaviour resets the model's ``fail_first`` counter and its
@@ -620,9 +610,7 @@ class OpenAISimulator:
             f'{json.dumps(turn.model)}, "choices": [{{"index": 0, "message": '
         )
         if not streaming:
-            return web.Response(
-                status=200, text=broken, content_type="application/json"
-            )
+            return web.Response(status=200, text=broken, content_type="application/json")
         first = stream_chunks(
             turn, response_id=response_id, created=int(time.time()), include_usage=False
         )[0]
@@ -716,9 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         simulator.start()
     except OSError as exc:
-        sys.stderr.write(
-            f"moa-simulator: cannot listen on {args.host}:{args.port}: {exc}\n"
-        )
+        sys.stderr.write(f"moa-simulator: cannot listen on {args.host}:{args.port}: {exc}\n")
         return 1
     try:
         with simulator:

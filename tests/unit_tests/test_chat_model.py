@@ -43,7 +43,9 @@ def fake(name: str, **kwargs: object) -> RecordingChatModel:
 
 def test_default_prompt_is_the_papers() -> None:
     assert DEFAULT_AGGREGATOR_PROMPT == PAPER_PROMPT
-    assert MoAChatModel(proposers=[fake("a")], aggregator=fake("z")).aggregator_prompt == PAPER_PROMPT
+    assert (
+        MoAChatModel(proposers=[fake("a")], aggregator=fake("z")).aggregator_prompt == PAPER_PROMPT
+    )
 
 
 def test_layer_one_sees_the_conversation_as_given_and_later_layers_the_references() -> None:
@@ -97,8 +99,16 @@ def test_multi_turn_history_passes_whole_to_every_agent() -> None:
     ]
     MoAChatModel(proposers=[a], aggregator=agg, layers=3).invoke(history)
     assert pairs(a.received[0]) == pairs(history)
-    assert [m.content for m in a.received[1][1:]] == ["first", "earlier final answer", "second"]
-    assert [m.content for m in agg.received[0][1:]] == ["first", "earlier final answer", "second"]
+    assert [m.content for m in a.received[1][1:]] == [
+        "first",
+        "earlier final answer",
+        "second",
+    ]
+    assert [m.content for m in agg.received[0][1:]] == [
+        "first",
+        "earlier final answer",
+        "second",
+    ]
 
 
 def test_callers_messages_are_not_mutated() -> None:
@@ -113,7 +123,10 @@ def test_callers_messages_are_not_mutated() -> None:
 
 def test_usage_is_summed_over_every_inner_call() -> None:
     llm = MoAChatModel(
-        proposers=[fake("a", input_tokens=10, output_tokens=1), fake("b", input_tokens=20, output_tokens=2)],
+        proposers=[
+            fake("a", input_tokens=10, output_tokens=1),
+            fake("b", input_tokens=20, output_tokens=2),
+        ],
         aggregator=fake("agg", input_tokens=100, output_tokens=7),
         layers=3,
     )
@@ -126,7 +139,12 @@ def test_usage_is_summed_over_every_inner_call() -> None:
 
 
 def test_response_metadata_reports_every_proposal() -> None:
-    llm = MoAChatModel(proposers=[fake("a"), fake("b")], aggregator=fake("agg"), layers=3, model="my-moa")
+    llm = MoAChatModel(
+        proposers=[fake("a"), fake("b")],
+        aggregator=fake("agg"),
+        layers=3,
+        model="my-moa",
+    )
     meta = llm.invoke("q").response_metadata
     assert meta["model_name"] == "my-moa"
     assert meta["degraded"] is False
@@ -158,7 +176,11 @@ def test_a_failed_proposer_is_dropped_and_reported() -> None:
 
 
 def test_a_layer_with_no_answers_raises_with_every_cause() -> None:
-    llm = MoAChatModel(proposers=[fake("x", fail=True), fake("y", fail=True)], aggregator=fake("agg"), layers=2)
+    llm = MoAChatModel(
+        proposers=[fake("x", fail=True), fake("y", fail=True)],
+        aggregator=fake("agg"),
+        layers=2,
+    )
     with pytest.raises(ProposersFailedError) as caught:
         llm.invoke("q")
     error = caught.value
@@ -170,7 +192,10 @@ def test_a_layer_with_no_answers_raises_with_every_cause() -> None:
 
 def test_min_proposers_is_enforced() -> None:
     llm = MoAChatModel(
-        proposers=[fake("a"), fake("x", fail=True)], aggregator=fake("agg"), layers=2, min_proposers=2
+        proposers=[fake("a"), fake("x", fail=True)],
+        aggregator=fake("agg"),
+        layers=2,
+        min_proposers=2,
     )
     with pytest.raises(ProposersFailedError, match="1 of 2 proposers answered, 2 needed"):
         llm.invoke("q")
@@ -186,7 +211,9 @@ def test_aggregator_failure_keeps_the_proposals() -> None:
 
 def test_self_moa_same_model_several_times() -> None:
     same = fake("same")
-    result = MoAChatModel(proposers=[same, same, same], aggregator=fake("agg"), layers=2).invoke("q")
+    result = MoAChatModel(proposers=[same, same, same], aggregator=fake("agg"), layers=2).invoke(
+        "q"
+    )
     assert len(same.received) == 3
     assert len(result.response_metadata["proposals"][0]) == 3
 
@@ -255,7 +282,10 @@ async def test_astream_concatenates_to_the_invoke_answer() -> None:
         ({"proposers": [[fake("a")], [fake("b"), 3]]}, "layer 2, position 1 is a int"),
         ({"proposers": [fake("a"), [fake("b")]]}, "mixes models and lists"),
         ({"proposers": [fake("a")], "layers": 1}, "layers must be at least 2"),
-        ({"proposers": [[fake("a")], [fake("b")]], "layers": 4}, "does not match the 2 proposer layers"),
+        (
+            {"proposers": [[fake("a")], [fake("b")]], "layers": 4},
+            "does not match the 2 proposer layers",
+        ),
         ({"proposers": [fake("a")], "aggregator": "gpt-4o"}, "aggregator is a str"),
         ({"proposers": [fake("a")], "temprature": 0.5}, "temprature"),
     ],
@@ -297,7 +327,11 @@ def test_stop_goes_to_the_aggregator_only() -> None:
             seen[self.name or ""] = stop
             return super()._generate(messages, stop, run_manager, **kwargs)
 
-    llm = MoAChatModel(proposers=[StopRecorder(name="a")], aggregator=StopRecorder(name="agg"), layers=2)
+    llm = MoAChatModel(
+        proposers=[StopRecorder(name="a")],
+        aggregator=StopRecorder(name="agg"),
+        layers=2,
+    )
     llm.invoke("q", stop=["END"])
     assert seen == {"a": None, "agg": ["END"]}
 
