@@ -23,7 +23,9 @@ from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import RunnableConfig, ensure_config
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ConfigDict, Field, model_validator
 
@@ -270,12 +272,60 @@ class MoAChatModel(BaseChatModel):
             )
             raise TypeError(msg)
         aggregator_kwargs = dict(kwargs)
+        tools = tuple(aggregator_kwargs.pop("tools", None) or ())
+        tool_choice = aggregator_kwargs.pop("tool_choice", None)
+        tool_kwargs = {
+            key: aggregator_kwargs.pop(key)
+            for key in ("parallel_tool_calls", "strict")
+            if key in aggregator_kwargs
+        }
         if stop := stop or self.stop:
             aggregator_kwargs["stop"] = stop
-        tags = ("nostream",) if self.inner_callbacks == "tracers" else ()
         return RunOptions(
-            aggregator_kwargs=aggregator_kwargs, stream_answer=stream, inner_tags=tags
+            aggregator_kwargs=aggregator_kwargs,
+            stream_answer=stream,
+            inner_tags=("nostream",) if self.inner_callbacks == "tracers" else (),
+            tools=tools,
+            tool_choice=tool_choice,
+            tool_kwargs=tool_kwargs,
         )
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools: the aggregator may call them, proposers only see them.
+
+        The aggregator gets the tools through its own ``bind_tools`` with
+        ``tool_choice`` (``"auto"``, ``"any"``/``"required"``, a tool name, a
+        dict), ``parallel_tool_calls`` and ``strict``; its tool calls are the
+        result's. Proposers get the same tools with ``tool_choice="none"`` so
+        their proposals can reason about which action to take, in text.
+
+        Args:
+            tools: Tools as dicts, pydantic models, functions or ``BaseTool``.
+            tool_choice: Which tool the aggregator must call, if any.
+            parallel_tool_calls: Allow several calls in one answer.
+            strict: Ask the provider to enforce the tools' schemas.
+            **kwargs: Further arguments bound to the call.
+
+        Returns:
+            A runnable that calls this ensemble with the tools bound.
+        """
+        formatted = [convert_to_openai_tool(tool, strict=strict) for tool in tools]
+        extra: dict[str, Any] = {}
+        if tool_choice is not None:
+            extra["tool_choice"] = tool_choice
+        if parallel_tool_calls is not None:
+            extra["parallel_tool_calls"] = parallel_tool_calls
+        if strict is not None:
+            extra["strict"] = strict
+        return self.bind(tools=formatted, **extra, **kwargs)
 
     def _graph_input(self, messages: list[BaseMessage]) -> dict[str, Any]:
         if not messages:

@@ -53,9 +53,7 @@ class ProgressBoard(BaseCallbackHandler):
         self.rows: dict[tuple[int, int], list[str]] = {}
         self.aggregator: str | None = None
 
-    def on_custom_event(
-        self, name: str, data: Any, *, run_id: UUID, **kwargs: Any
-    ) -> None:
+    def on_custom_event(self, name: str, data: Any, *, run_id: UUID, **kwargs: Any) -> None:
         """Record one progress event."""
         if name != PROGRESS_EVENT:
             return
@@ -67,7 +65,12 @@ class ProgressBoard(BaseCallbackHandler):
             p = data["proposal"]
             tokens = str(p["usage"]["total_tokens"]) if p["usage"] else "-"
             status = "[green]answered[/]" if p["error"] is None else f"[red]{p['error']}[/]"
-            self.rows[(p["layer"], p["index"])] = [p["model"], status, f"{p['latency_s']:.2f}s", tokens]
+            self.rows[(p["layer"], p["index"])] = [
+                p["model"],
+                status,
+                f"{p['latency_s']:.2f}s",
+                tokens,
+            ]
         elif kind == "aggregation_started":
             self.aggregator = f"{data['model']} is synthesizing {data['references']} answers…"
 
@@ -138,7 +141,7 @@ def _choose(args: argparse.Namespace, stack: ExitStack) -> tuple[MoAChatModel, s
         "temperature": args.temperature,
         "max_tokens": args.max_tokens,
     }
-    lite = args.layers == 2  # noqa: PLR2004
+    lite = args.layers == 2
     base_url = None if args.simulate else args.base_url or os.environ.get("OPENAI_BASE_URL")
     if base_url:
         proposers = args.proposers or list(OPENAI_PROPOSERS)

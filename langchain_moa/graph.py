@@ -8,6 +8,7 @@ path). Proposer failures are recorded, not raised; ``finish`` enforces the quoru
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,11 +51,18 @@ class RunOptions:
             bound tools, ...).
         stream_answer: Stream the aggregator's tokens to the ``custom`` stream.
         inner_tags: Tags added to every inner model run.
+        tools: Tools (OpenAI format) bound to the aggregator with ``tool_choice``
+            and ``tool_kwargs``; proposers see them with ``tool_choice="none"``.
+        tool_choice: The caller's tool choice, passed to the aggregator.
+        tool_kwargs: Further ``bind_tools`` arguments (``parallel_tool_calls``...).
     """
 
     aggregator_kwargs: dict[str, Any] = field(default_factory=dict)
     stream_answer: bool = False
     inner_tags: tuple[str, ...] = ()
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: Any = None
+    tool_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 class _LayerOutput(TypedDict):
@@ -84,9 +92,18 @@ class _Proposer:
 
     layer: int
     index: int
-    model: Runnable
+    model: BaseChatModel
+    call_kwargs: dict[str, Any]
     label: str
     prompt: str
+
+    def _runnable(self) -> Runnable:
+        """The model, with the caller's tools visible but not callable."""
+        options = _options()
+        model: Runnable = self.model
+        if options.tools:
+            model = self.model.bind_tools(list(options.tools), tool_choice="none")
+        return model.bind(**self.call_kwargs) if self.call_kwargs else model
 
     def _prepare(
         self, state: MoAState, config: RunnableConfig
@@ -108,7 +125,7 @@ class _Proposer:
         text = None
         usage = None
         if isinstance(message, AIMessage):
-            text, usage = message.text, message.usage_metadata
+            text, usage = _proposal_text(message), message.usage_metadata
         proposal = Proposal(
             layer=self.layer,
             index=self.index,
@@ -125,7 +142,7 @@ class _Proposer:
         messages, inner = self._prepare(state, config)
         started = time.perf_counter()
         try:
-            return self._record(started, self.model.invoke(messages, inner))
+            return self._record(started, self._runnable().invoke(messages, inner))
         except Exception as error:
             return self._record(started, error=error)
 
@@ -133,7 +150,7 @@ class _Proposer:
         messages, inner = self._prepare(state, config)
         started = time.perf_counter()
         try:
-            return self._record(started, await self.model.ainvoke(messages, inner))
+            return self._record(started, await self._runnable().ainvoke(messages, inner))
         except Exception as error:
             return self._record(started, error=error)
 
@@ -143,9 +160,20 @@ class _Aggregator:
     """The aggregator node: synthesizes the last layer's answers into one."""
 
     last_layer: int
-    model: Runnable
+    model: BaseChatModel
+    call_kwargs: dict[str, Any]
     label: str
     prompt: str
+
+    def _runnable(self, options: RunOptions) -> Runnable:
+        """The model with the caller's tools and per-call arguments bound."""
+        model: Runnable = self.model
+        if options.tools:
+            model = self.model.bind_tools(
+                list(options.tools), tool_choice=options.tool_choice, **options.tool_kwargs
+            )
+        kwargs = {**self.call_kwargs, **options.aggregator_kwargs}
+        return model.bind(**kwargs) if kwargs else model
 
     def _prepare(
         self, state: MoAState, config: RunnableConfig
@@ -176,11 +204,11 @@ class _Aggregator:
         options, started = _options(), time.perf_counter()
         try:
             if not options.stream_answer:
-                answer = self.model.invoke(messages, inner, **options.aggregator_kwargs)
+                answer = self._runnable(options).invoke(messages, inner)
                 return self._done(started, answer)
             writer = get_stream_writer()
             total: AIMessageChunk | None = None
-            for chunk in self.model.stream(messages, inner, **options.aggregator_kwargs):
+            for chunk in self._runnable(options).stream(messages, inner):
                 writer(AnswerToken(chunk))
                 total = chunk if total is None else total + chunk
             return self._done(started, _to_message(total))
@@ -192,11 +220,11 @@ class _Aggregator:
         options, started = _options(), time.perf_counter()
         try:
             if not options.stream_answer:
-                answer = await self.model.ainvoke(messages, inner, **options.aggregator_kwargs)
+                answer = await self._runnable(options).ainvoke(messages, inner)
                 return self._done(started, answer)
             writer = get_stream_writer()
             total: AIMessageChunk | None = None
-            async for chunk in self.model.astream(messages, inner, **options.aggregator_kwargs):
+            async for chunk in self._runnable(options).astream(messages, inner):
                 writer(AnswerToken(chunk))
                 total = chunk if total is None else total + chunk
             return self._done(started, _to_message(total))
@@ -211,13 +239,22 @@ def _to_message(total: AIMessageChunk | None) -> BaseMessage:
     return message_chunk_to_message(total)
 
 
+def _proposal_text(message: AIMessage) -> str:
+    """A proposal's text; tool calls a proposer made anyway are written out."""
+    calls = [
+        f"Proposed tool call: {c['name']}({json.dumps(c['args'])})" for c in message.tool_calls
+    ]
+    return "\n".join([message.text, *calls]).strip() if calls else message.text
+
+
 def _build_layer(
     layer: int,
-    proposers: Sequence[tuple[Runnable, str]],
+    proposers: Sequence[BaseChatModel],
+    call_kwargs: dict[str, Any],
     prompt: str,
     min_proposers: int,
 ) -> CompiledStateGraph:
-    labels = [label for _, label in proposers]
+    labels = [model_label(model) for model in proposers]
 
     def start(state: MoAState) -> dict:
         references = len(_references(state, layer - 1))
@@ -236,8 +273,8 @@ def _build_layer(
     builder.add_node("start", start)
     builder.add_edge(START, "start")
     names = []
-    for index, (model, label) in enumerate(proposers):
-        node = _Proposer(layer, index, model, label, prompt)
+    for index, (model, label) in enumerate(zip(proposers, labels, strict=True)):
+        node = _Proposer(layer, index, model, call_kwargs, label, prompt)
         name = f"proposer_{index}"
         builder.add_node(name, RunnableLambda(node.invoke, afunc=node.ainvoke, name=name))
         builder.add_edge("start", name)
@@ -272,22 +309,17 @@ def build_moa_graph(
         ``context=RunOptions(...)``.
     """
     bound = call_kwargs or {}
-
-    def prepare(model: BaseChatModel) -> tuple[Runnable, str]:
-        return (model.bind(**bound) if bound else model), model_label(model)
-
     builder = StateGraph(MoAState, context_schema=RunOptions, input_schema=MoAInput)
     previous = START
     for layer, models in enumerate(proposer_layers, 1):
         name = f"layer_{layer}"
         builder.add_node(
             name,
-            _build_layer(layer, [prepare(m) for m in models], prompt, min_proposers),
+            _build_layer(layer, models, bound, prompt, min_proposers),
         )
         builder.add_edge(previous, name)
         previous = name
-    agg_model, agg_label = prepare(aggregator)
-    node = _Aggregator(len(proposer_layers), agg_model, agg_label, prompt)
+    node = _Aggregator(len(proposer_layers), aggregator, bound, model_label(aggregator), prompt)
     builder.add_node("aggregate", RunnableLambda(node.invoke, afunc=node.ainvoke, name="aggregate"))
     builder.add_edge(previous, "aggregate")
     builder.add_edge("aggregate", END)

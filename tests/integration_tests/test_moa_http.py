@@ -120,7 +120,8 @@ def test_proposers_run_in_parallel_over_http(openai_simulator: OpenAISimulator) 
 def test_presets_use_the_papers_line_ups(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOGETHER_API_KEY", "tgp_v1_secret-value-123")
     moa, lite = together_moa(), together_moa_lite()
-    assert moa.layers == 3 and lite.layers == 2
+    assert moa.layers == 3
+    assert lite.layers == 2
     assert moa.aggregator.model_name == "Qwen/Qwen1.5-110B-Chat"
     assert lite.aggregator.model_name == "Qwen/Qwen1.5-72B-Chat"
     assert len(moa.proposer_layers[0]) == 6
