@@ -96,12 +96,13 @@ def openai_compatible_moa(
     )
 
 
-def _together_key(api_key: str | None) -> str:
+def _together(aggregator: str, layers: int, api_key: str | None, kwargs: Any) -> MoAChatModel:
     key = api_key or os.environ.get("TOGETHER_API_KEY")
     if not key:
         msg = "no Together API key: pass api_key= or set TOGETHER_API_KEY"
         raise ValueError(msg)
-    return key
+    params: dict[str, Any] = {"base_url": TOGETHER_BASE_URL, "layers": layers, **kwargs}
+    return openai_compatible_moa(PAPER_PROPOSERS, aggregator, api_key=key, **params)
 
 
 def together_moa(api_key: str | None = None, **kwargs: Any) -> MoAChatModel:
@@ -111,10 +112,7 @@ def together_moa(api_key: str | None = None, **kwargs: Any) -> MoAChatModel:
         api_key: Together API key; defaults to ``TOGETHER_API_KEY``.
         **kwargs: Overrides for ``openai_compatible_moa`` (``base_url``, ...).
     """
-    params: dict[str, Any] = {"base_url": TOGETHER_BASE_URL, "layers": 3, **kwargs}
-    return openai_compatible_moa(
-        PAPER_PROPOSERS, MOA_AGGREGATOR, api_key=_together_key(api_key), **params
-    )
+    return _together(MOA_AGGREGATOR, 3, api_key, kwargs)
 
 
 def together_moa_lite(api_key: str | None = None, **kwargs: Any) -> MoAChatModel:
@@ -124,10 +122,7 @@ def together_moa_lite(api_key: str | None = None, **kwargs: Any) -> MoAChatModel
         api_key: Together API key; defaults to ``TOGETHER_API_KEY``.
         **kwargs: Overrides for ``openai_compatible_moa`` (``base_url``, ...).
     """
-    params: dict[str, Any] = {"base_url": TOGETHER_BASE_URL, "layers": 2, **kwargs}
-    return openai_compatible_moa(
-        PAPER_PROPOSERS, MOA_LITE_AGGREGATOR, api_key=_together_key(api_key), **params
-    )
+    return _together(MOA_LITE_AGGREGATOR, 2, api_key, kwargs)
 
 
 def openai_moa(api_key: str | None = None, **kwargs: Any) -> MoAChatModel:
