@@ -27,7 +27,7 @@ from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph.state import CompiledStateGraph
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from langchain_moa.callbacks import InnerCallbacks, child_manager, inner_context
 from langchain_moa.events import AnswerToken, event_to_dict
@@ -35,6 +35,7 @@ from langchain_moa.graph import RunOptions, build_moa_graph
 from langchain_moa.inner_models import model_identity
 from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT
 from langchain_moa.state import MoAState, Proposal
+from langchain_moa.structured_output import StructuredMethod, structured_runnable
 
 PROGRESS_EVENT = "moa_progress"
 """Name of the custom callback event that carries progress (see ``events``)."""
@@ -274,6 +275,7 @@ class MoAChatModel(BaseChatModel):
         aggregator_kwargs = dict(kwargs)
         tools = tuple(aggregator_kwargs.pop("tools", None) or ())
         tool_choice = aggregator_kwargs.pop("tool_choice", None)
+        structured = aggregator_kwargs.pop("structured_output", None)
         tool_kwargs = {
             key: aggregator_kwargs.pop(key)
             for key in ("parallel_tool_calls", "strict")
@@ -288,6 +290,7 @@ class MoAChatModel(BaseChatModel):
             tools=tools,
             tool_choice=tool_choice,
             tool_kwargs=tool_kwargs,
+            structured=structured,
         )
 
     def bind_tools(
@@ -327,6 +330,37 @@ class MoAChatModel(BaseChatModel):
             extra["strict"] = strict
         return self.bind(tools=formatted, **extra, **kwargs)
 
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: StructuredMethod = "function_calling",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Constrain the final answer to ``schema``; proposals stay free text.
+
+        Args:
+            schema: A pydantic class, a TypedDict or a JSON schema dict.
+            method: ``"function_calling"`` (the aggregator calls a tool named
+                after the schema), ``"json_schema"`` (the aggregator's native
+                structured output) or ``"json_mode"`` (a JSON object).
+            include_raw: Return ``{"raw": AIMessage, "parsed": ...,
+                "parsing_error": ...}`` instead of raising on a parsing error.
+            strict: Ask the aggregator's provider to enforce the schema.
+            **kwargs: Not supported; present for signature compatibility.
+
+        Returns:
+            A runnable from the ensemble's input to the parsed output.
+        """
+        if kwargs:
+            msg = f"with_structured_output got unsupported arguments {sorted(kwargs)}"
+            raise ValueError(msg)
+        return structured_runnable(
+            self, schema, method=method, include_raw=include_raw, strict=strict
+        )
+
     def _graph_input(self, messages: list[BaseMessage]) -> dict[str, Any]:
         if not messages:
             msg = "MoAChatModel got an empty message list: give at least one message"
@@ -362,7 +396,10 @@ class MoAChatModel(BaseChatModel):
             extra = {
                 "tool_calls": answer.tool_calls,
                 "invalid_tool_calls": answer.invalid_tool_calls,
-                "additional_kwargs": answer.additional_kwargs,
+                # "parsed" holds the aggregator's own parse (a Python object).
+                "additional_kwargs": {
+                    k: v for k, v in answer.additional_kwargs.items() if k != "parsed"
+                },
             }
         return AIMessage(
             content=content,

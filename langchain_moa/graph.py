@@ -40,6 +40,7 @@ from langchain_moa.events import (
 from langchain_moa.inner_models import model_label
 from langchain_moa.prompts import inject_references
 from langchain_moa.state import MoAInput, MoAState, Proposal
+from langchain_moa.structured_output import StructuredRequest, constrained_aggregator
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class RunOptions:
             and ``tool_kwargs``; proposers see them with ``tool_choice="none"``.
         tool_choice: The caller's tool choice, passed to the aggregator.
         tool_kwargs: Further ``bind_tools`` arguments (``parallel_tool_calls``...).
+        structured: A schema the aggregator's answer must follow (``json_schema``
+            or ``json_mode``); the aggregator then answers in one piece.
     """
 
     aggregator_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +66,7 @@ class RunOptions:
     tools: tuple[dict[str, Any], ...] = ()
     tool_choice: Any = None
     tool_kwargs: dict[str, Any] = field(default_factory=dict)
+    structured: StructuredRequest | None = None
 
 
 class _LayerOutput(TypedDict):
@@ -167,6 +171,8 @@ class _Aggregator:
 
     def _runnable(self, options: RunOptions) -> Runnable:
         """The model with the caller's tools and per-call arguments bound."""
+        if options.structured is not None:
+            return constrained_aggregator(self.model, options.structured)
         model: Runnable = self.model
         if options.tools:
             model = self.model.bind_tools(
@@ -187,7 +193,9 @@ class _Aggregator:
     def _fail(self, state: MoAState, error: Exception) -> AggregatorFailedError:
         return AggregatorFailedError(self.label, error, state.get("proposals", []))
 
-    def _done(self, started: float, answer: BaseMessage) -> dict:
+    def _done(self, started: float, answer: BaseMessage, *, stream: bool = False) -> dict:
+        if stream:  # an answer that could not be streamed goes out as one chunk
+            get_stream_writer()(AnswerToken(AIMessageChunk(content=answer.content)))
         usage = answer.usage_metadata if isinstance(answer, AIMessage) else None
         record = Proposal(
             layer=self.last_layer + 1,
@@ -203,9 +211,9 @@ class _Aggregator:
         messages, inner = self._prepare(state, config)
         options, started = _options(), time.perf_counter()
         try:
-            if not options.stream_answer:
+            if not options.stream_answer or options.structured:
                 answer = self._runnable(options).invoke(messages, inner)
-                return self._done(started, answer)
+                return self._done(started, answer, stream=options.stream_answer)
             writer = get_stream_writer()
             total: AIMessageChunk | None = None
             for chunk in self._runnable(options).stream(messages, inner):
@@ -219,9 +227,9 @@ class _Aggregator:
         messages, inner = self._prepare(state, config)
         options, started = _options(), time.perf_counter()
         try:
-            if not options.stream_answer:
+            if not options.stream_answer or options.structured:
                 answer = await self._runnable(options).ainvoke(messages, inner)
-                return self._done(started, answer)
+                return self._done(started, answer, stream=options.stream_answer)
             writer = get_stream_writer()
             total: AIMessageChunk | None = None
             async for chunk in self._runnable(options).astream(messages, inner):
