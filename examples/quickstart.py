@@ -1,10 +1,9 @@
 """Quickstart: a 3-layer MoA over HTTP against the local simulator (offline).
 
-Run: ``python examples/quickstart.py``. Swap the simulator's base URL for a real
-OpenAI-compatible endpoint (and real model names) to use real models.
+Run: ``python examples/quickstart.py``. For real models, build the proposers and
+the aggregator with ``ChatOpenAI(model=..., base_url=...)`` instead of
+``sim.chat_model(...)``.
 """
-
-from langchain_openai import ChatOpenAI
 
 from langchain_moa import MoAChatModel
 from langchain_moa.testing import OpenAISimulator
@@ -12,13 +11,13 @@ from langchain_moa.testing import OpenAISimulator
 
 def main() -> None:
     with OpenAISimulator() as sim:
-
-        def chat(model: str) -> ChatOpenAI:
-            return ChatOpenAI(base_url=sim.base_url, api_key="sim", model=model, stream_usage=True)
-
         llm = MoAChatModel(
-            proposers=[chat("proposer-a"), chat("proposer-b"), chat("proposer-c")],
-            aggregator=chat("aggregator"),
+            proposers=[
+                sim.chat_model("proposer-a"),
+                sim.chat_model("proposer-b"),
+                sim.chat_model("proposer-c"),
+            ],
+            aggregator=sim.chat_model("aggregator"),
             layers=3,
         )
         answer = llm.invoke("Why is the sky blue?")

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -46,6 +46,9 @@ from langchain_moa.testing.answers import (
     validate_request,
 )
 from langchain_moa.testing.behavior import ModelBehavior
+
+if TYPE_CHECKING:
+    from langchain_openai import ChatOpenAI
 
 __all__ = ["DEFAULT_MODELS", "OpenAISimulator", "RecordedRequest", "main"]
 
@@ -373,6 +376,22 @@ class OpenAISimulator:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}/v1"
+
+    def chat_model(self, model: str, **kwargs: Any) -> ChatOpenAI:
+        """A ``ChatOpenAI`` for ``model`` served by this simulator.
+
+        Args:
+            model: Any model name; its ``ModelBehavior`` applies.
+            **kwargs: Further ``ChatOpenAI`` arguments (they override the
+                defaults: no retries, usage reported when streaming).
+
+        Returns:
+            The chat model, talking to the simulator over HTTP.
+        """
+        from langchain_openai import ChatOpenAI
+
+        params: dict[str, Any] = {"max_retries": 0, "stream_usage": True, **kwargs}
+        return ChatOpenAI(base_url=self.base_url, api_key="simulator", model=model, **params)
 
     @property
     def behaviors(self) -> dict[str, ModelBehavior]:
