@@ -549,6 +549,24 @@ class MoAChatModel(BaseChatModel):
 
     # -- handing the run over to _stream ---------------------------------------
 
+    def _should_stream(
+        self,
+        *,
+        async_api: bool,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> bool:
+        """Hand the run over when LangChain streams an ``invoke`` implicitly.
+
+        With a streaming handler attached (LangGraph's ``stream_mode="messages"``,
+        ``astream_events``), LangChain asks this with the run manager and then
+        calls ``_stream``/``_astream`` without it.
+        """
+        should = super()._should_stream(async_api=async_api, run_manager=run_manager, **kwargs)
+        if should and run_manager is not None:
+            _STREAM_RUN.set((run_manager.run_id, run_manager))
+        return should
+
     def stream(
         self,
         input: LanguageModelInput,
