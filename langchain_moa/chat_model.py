@@ -31,11 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from langchain_moa.callbacks import InnerCallbacks, child_manager, inner_context
 from langchain_moa.events import AnswerToken, event_to_dict
-from langchain_moa.graph import RunOptions, build_moa_graph
+from langchain_moa.graph import EngineSettings, RunOptions, build_moa_graph
 from langchain_moa.inner_models import model_identity
 from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT
+from langchain_moa.resilience import ConcurrencyLimit, RetryPolicy
 from langchain_moa.state import MoAState, Proposal
 from langchain_moa.structured_output import StructuredMethod, structured_runnable
+from langchain_moa.validation import check_call_kwargs, check_conversation
 
 PROGRESS_EVENT = "moa_progress"
 """Name of the custom callback event that carries progress (see ``events``)."""
@@ -118,6 +120,40 @@ class MoAChatModel(BaseChatModel):
     min_proposers: int = Field(default=1, ge=1)
     """Successful answers each proposer layer needs for the run to go on; below
     it, ``ProposersFailedError`` is raised with every cause."""
+
+    proposer_timeout: float | None = Field(default=None, gt=0)
+    """Seconds each proposer call may take, retries included; a proposer that
+    exceeds it is cancelled and counted as failed. ``None``: no limit."""
+
+    layer_deadline: float | None = Field(default=None, gt=0)
+    """Seconds after a layer starts when, once ``min_proposers`` answered, its
+    stragglers are cancelled and the next layer starts. ``None``: wait for all."""
+
+    aggregator_timeout: float | None = Field(default=None, gt=0)
+    """Seconds the aggregator may take (non-streaming calls), retries included."""
+
+    max_retries: int = Field(default=2, ge=0)
+    """Retries of a transient failure (429, 5xx, connection errors) per inner
+    call, with exponential backoff and jitter, honouring ``Retry-After``.
+    Permanent failures (400, 401, 403, 404, 422) are not retried. Set the inner
+    models' own ``max_retries=0`` so that only this layer retries."""
+
+    retry_base_delay: float = Field(default=0.5, ge=0)
+    """First backoff in seconds; it doubles with every retry."""
+
+    retry_max_delay: float = Field(default=20.0, ge=0)
+    """Longest single wait between retries, ``Retry-After`` included."""
+
+    max_concurrency: int | None = Field(default=None, ge=1)
+    """Most inner calls in flight at once for this ensemble, across concurrent
+    requests (per event loop on the async path). ``None``: no bound."""
+
+    max_reference_chars: int | None = Field(default=None, ge=1)
+    """Character budget of the references one agent reads; longer ones are cut
+    fairly, each with a visible truncation marker. ``None``: no budget."""
+
+    fallback_aggregator: BaseChatModel | None = None
+    """Aggregates instead when the aggregator fails (after its retries)."""
 
     temperature: float | None = None
     """If set, the sampling temperature of every inner call."""
@@ -216,19 +252,22 @@ class MoAChatModel(BaseChatModel):
         """
         call_kwargs = {
             key: value
-            for key, value in (
-                ("temperature", self.temperature),
-                ("max_tokens", self.max_tokens),
-            )
+            for key, value in (("temperature", self.temperature), ("max_tokens", self.max_tokens))
             if value is not None
         }
-        return build_moa_graph(
-            self.proposer_layers,
-            self.aggregator,
+        settings = EngineSettings(
             prompt=self.aggregator_prompt,
-            min_proposers=self.min_proposers,
             call_kwargs=call_kwargs,
+            min_proposers=self.min_proposers,
+            retry=RetryPolicy(self.max_retries, self.retry_base_delay, self.retry_max_delay),
+            proposer_timeout=self.proposer_timeout,
+            aggregator_timeout=self.aggregator_timeout,
+            layer_deadline=self.layer_deadline,
+            max_reference_chars=self.max_reference_chars,
+            limit=ConcurrencyLimit(self.max_concurrency) if self.max_concurrency else None,
+            fallback_aggregator=self.fallback_aggregator,
         )
+        return build_moa_graph(self.proposer_layers, self.aggregator, settings)
 
     @property
     def _llm_type(self) -> str:
@@ -266,13 +305,8 @@ class MoAChatModel(BaseChatModel):
     def _run_options(
         self, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
     ) -> RunOptions:
-        if "model" in kwargs:
-            msg = (
-                "MoAChatModel has no single model to override with model=...; "
-                "configure the proposers and the aggregator instead"
-            )
-            raise TypeError(msg)
-        aggregator_kwargs = dict(kwargs)
+        check_call_kwargs(kwargs)
+        aggregator_kwargs = {k: v for k, v in kwargs.items() if k != "stream"}
         tools = tuple(aggregator_kwargs.pop("tools", None) or ())
         tool_choice = aggregator_kwargs.pop("tool_choice", None)
         structured = aggregator_kwargs.pop("structured_output", None)
@@ -362,9 +396,7 @@ class MoAChatModel(BaseChatModel):
         )
 
     def _graph_input(self, messages: list[BaseMessage]) -> dict[str, Any]:
-        if not messages:
-            msg = "MoAChatModel got an empty message list: give at least one message"
-            raise ValueError(msg)
+        check_conversation(messages)
         # Copies: LangGraph's message reducer assigns ids, which must not touch
         # the caller's objects.
         return {"messages": [m.model_copy() for m in messages]}

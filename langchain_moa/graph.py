@@ -8,6 +8,7 @@ path). Proposer failures are recorded, not raised; ``finish`` enforces the quoru
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -38,7 +39,16 @@ from langchain_moa.events import (
     ProposerFinished,
 )
 from langchain_moa.inner_models import model_label
-from langchain_moa.prompts import inject_references
+from langchain_moa.prompts import fit_references, inject_references
+from langchain_moa.resilience import (
+    CallLimits,
+    ConcurrencyLimit,
+    LayerWatch,
+    RetryPolicy,
+    call_async,
+    call_sync,
+    is_transient,
+)
 from langchain_moa.state import MoAInput, MoAState, Proposal
 from langchain_moa.structured_output import StructuredRequest, constrained_aggregator
 
@@ -48,8 +58,7 @@ class RunOptions:
     """Per-call options of a graph run (LangGraph runtime context).
 
     Attributes:
-        aggregator_kwargs: Extra call arguments for the aggregator (``stop``,
-            bound tools, ...).
+        aggregator_kwargs: Extra call arguments for the aggregator (``stop``, ...).
         stream_answer: Stream the aggregator's tokens to the ``custom`` stream.
         inner_tags: Tags added to every inner model run.
         tools: Tools (OpenAI format) bound to the aggregator with ``tool_choice``
@@ -58,6 +67,7 @@ class RunOptions:
         tool_kwargs: Further ``bind_tools`` arguments (``parallel_tool_calls``...).
         structured: A schema the aggregator's answer must follow (``json_schema``
             or ``json_mode``); the aggregator then answers in one piece.
+        watches: Deadline watches of this run's layers (filled as layers start).
     """
 
     aggregator_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -67,20 +77,58 @@ class RunOptions:
     tool_choice: Any = None
     tool_kwargs: dict[str, Any] = field(default_factory=dict)
     structured: StructuredRequest | None = None
+    watches: dict[int, LayerWatch] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the graph calls its models (fixed per ensemble).
+
+    Attributes:
+        prompt: The aggregate-and-synthesize prompt.
+        call_kwargs: Generation arguments for every inner call.
+        min_proposers: Successful answers each layer needs to go on.
+        retry: Retry policy of every inner call.
+        proposer_timeout: Seconds per proposer call, retries included.
+        aggregator_timeout: Seconds for the aggregator (non-streaming calls).
+        layer_deadline: Seconds after which, once ``min_proposers`` answered,
+            a layer's stragglers are cancelled.
+        max_reference_chars: Character budget of one agent's references.
+        limit: Bound on in-flight inner calls.
+        fallback_aggregator: Aggregates instead if the aggregator fails.
+    """
+
+    prompt: str
+    call_kwargs: dict[str, Any] = field(default_factory=dict)
+    min_proposers: int = 1
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_retries=0))
+    proposer_timeout: float | None = None
+    aggregator_timeout: float | None = None
+    layer_deadline: float | None = None
+    max_reference_chars: int | None = None
+    limit: ConcurrencyLimit | None = None
+    fallback_aggregator: BaseChatModel | None = None
+
+    def references(self, state: MoAState, layer: int) -> list[str]:
+        """The successful answers of ``layer``, fitted to the budget."""
+        texts = [p.text for p in state.get("proposals", []) if p.layer == layer and p.ok]
+        return fit_references(texts, self.max_reference_chars)  # type: ignore[arg-type]
+
+    def limits(self, timeout: float | None, watch: LayerWatch | None = None) -> CallLimits:
+        """Fresh call limits for one inner call."""
+        return CallLimits(retry=self.retry, timeout=timeout, watch=watch, limit=self.limit)
 
 
 class _LayerOutput(TypedDict):
     proposals: list[Proposal]
 
 
+_DEFAULT_OPTIONS = RunOptions()
+
+
 def _options() -> RunOptions:
     context = get_runtime(RunOptions).context
-    return context if isinstance(context, RunOptions) else RunOptions()
-
-
-def _references(state: MoAState, layer: int) -> list[str]:
-    """Texts of the successful proposals of ``layer`` (empty for layer 0)."""
-    return [p.text for p in state.get("proposals", []) if p.layer == layer and p.ok]  # type: ignore[misc]
+    return context if isinstance(context, RunOptions) else _DEFAULT_OPTIONS
 
 
 def _inner_config(
@@ -90,6 +138,10 @@ def _inner_config(
     return merge_configs(config, {"run_name": run_name, "metadata": metadata, "tags": tags})
 
 
+def _elapsed(started: float) -> float:
+    return round(time.perf_counter() - started, 4)
+
+
 @dataclass
 class _Proposer:
     """A proposer node: one model answering with the previous layer's references."""
@@ -97,9 +149,8 @@ class _Proposer:
     layer: int
     index: int
     model: BaseChatModel
-    call_kwargs: dict[str, Any]
     label: str
-    prompt: str
+    settings: EngineSettings
 
     def _runnable(self) -> Runnable:
         """The model, with the caller's tools visible but not callable."""
@@ -107,137 +158,234 @@ class _Proposer:
         model: Runnable = self.model
         if options.tools:
             model = self.model.bind_tools(list(options.tools), tool_choice="none")
-        return model.bind(**self.call_kwargs) if self.call_kwargs else model
+        kwargs = self.settings.call_kwargs
+        return model.bind(**kwargs) if kwargs else model
 
     def _prepare(
         self, state: MoAState, config: RunnableConfig
-    ) -> tuple[list[BaseMessage], RunnableConfig]:
-        messages = inject_references(
-            state["messages"], _references(state, self.layer - 1), self.prompt
-        )
-        metadata = {
-            "moa_layer": self.layer,
-            "moa_proposer": self.index,
-            "moa_model": self.label,
-        }
+    ) -> tuple[list[BaseMessage], RunnableConfig, CallLimits]:
+        references = self.settings.references(state, self.layer - 1)
+        messages = inject_references(state["messages"], references, self.settings.prompt)
+        metadata = {"moa_layer": self.layer, "moa_proposer": self.index, "moa_model": self.label}
         name = f"layer {self.layer} · proposer {self.index} · {self.label}"
-        return messages, _inner_config(config, name, metadata)
+        watch = _options().watches.get(self.layer)
+        limits = self.settings.limits(self.settings.proposer_timeout, watch)
+        return messages, _inner_config(config, name, metadata), limits
 
     def _record(
-        self, started: float, message: Any = None, error: BaseException | None = None
+        self,
+        started: float,
+        limits: CallLimits,
+        message: Any = None,
+        error: BaseException | None = None,
     ) -> dict:
-        text = None
-        usage = None
+        text = usage = None
         if isinstance(message, AIMessage):
             text, usage = _proposal_text(message), message.usage_metadata
+            if limits.watch is not None:
+                limits.watch.succeeded()
         proposal = Proposal(
             layer=self.layer,
             index=self.index,
             model=self.label,
             text=text,
             usage=usage,
-            latency_s=round(time.perf_counter() - started, 4),
+            latency_s=_elapsed(started),
             error=describe_error(error) if error is not None else None,
+            attempts=max(limits.attempts, 1),
         )
         get_stream_writer()(ProposerFinished(proposal))
         return {"proposals": [proposal]}
 
     def invoke(self, state: MoAState, config: RunnableConfig) -> dict:
-        messages, inner = self._prepare(state, config)
-        started = time.perf_counter()
+        messages, inner, limits = self._prepare(state, config)
+        runnable, started = self._runnable(), time.perf_counter()
         try:
-            return self._record(started, self._runnable().invoke(messages, inner))
+            answer = call_sync(
+                lambda: runnable.invoke(messages, inner),
+                lambda: runnable.ainvoke(messages, inner),
+                limits,
+            )
         except Exception as error:
-            return self._record(started, error=error)
+            return self._record(started, limits, error=error)
+        return self._record(started, limits, answer)
 
     async def ainvoke(self, state: MoAState, config: RunnableConfig) -> dict:
-        messages, inner = self._prepare(state, config)
-        started = time.perf_counter()
+        messages, inner, limits = self._prepare(state, config)
+        runnable, started = self._runnable(), time.perf_counter()
         try:
-            return self._record(started, await self._runnable().ainvoke(messages, inner))
+            answer = await call_async(lambda: runnable.ainvoke(messages, inner), limits)
         except Exception as error:
-            return self._record(started, error=error)
+            return self._record(started, limits, error=error)
+        return self._record(started, limits, answer)
 
 
 @dataclass
 class _Aggregator:
-    """The aggregator node: synthesizes the last layer's answers into one."""
+    """The aggregator node: synthesizes the last layer's answers into one.
+
+    On failure (after retries) the fallback aggregator, if any, answers instead;
+    a streamed answer is retried or handed over only before its first chunk.
+    """
 
     last_layer: int
     model: BaseChatModel
-    call_kwargs: dict[str, Any]
-    label: str
-    prompt: str
+    settings: EngineSettings
 
-    def _runnable(self, options: RunOptions) -> Runnable:
-        """The model with the caller's tools and per-call arguments bound."""
+    def _runnable(self, model: BaseChatModel, options: RunOptions) -> Runnable:
+        """``model`` with the caller's tools and per-call arguments bound."""
         if options.structured is not None:
-            return constrained_aggregator(self.model, options.structured)
-        model: Runnable = self.model
+            return constrained_aggregator(model, options.structured)
+        runnable: Runnable = model
         if options.tools:
-            model = self.model.bind_tools(
+            runnable = model.bind_tools(
                 list(options.tools), tool_choice=options.tool_choice, **options.tool_kwargs
             )
-        kwargs = {**self.call_kwargs, **options.aggregator_kwargs}
-        return model.bind(**kwargs) if kwargs else model
+        kwargs = {**self.settings.call_kwargs, **options.aggregator_kwargs}
+        return runnable.bind(**kwargs) if kwargs else runnable
+
+    def _candidates(self) -> list[BaseChatModel]:
+        fallback = self.settings.fallback_aggregator
+        return [self.model] if fallback is None else [self.model, fallback]
 
     def _prepare(
-        self, state: MoAState, config: RunnableConfig
+        self, state: MoAState, config: RunnableConfig, model: BaseChatModel
     ) -> tuple[list[BaseMessage], RunnableConfig]:
-        references = _references(state, self.last_layer)
-        get_stream_writer()(AggregationStarted(self.label, len(references)))
-        messages = inject_references(state["messages"], references, self.prompt)
-        metadata = {"moa_layer": self.last_layer + 1, "moa_model": self.label}
-        return messages, _inner_config(config, f"aggregator · {self.label}", metadata)
+        label = model_label(model)
+        references = self.settings.references(state, self.last_layer)
+        get_stream_writer()(AggregationStarted(label, len(references)))
+        messages = inject_references(state["messages"], references, self.settings.prompt)
+        metadata = {"moa_layer": self.last_layer + 1, "moa_model": label}
+        return messages, _inner_config(config, f"aggregator · {label}", metadata)
 
-    def _fail(self, state: MoAState, error: Exception) -> AggregatorFailedError:
-        return AggregatorFailedError(self.label, error, state.get("proposals", []))
-
-    def _done(self, started: float, answer: BaseMessage, *, stream: bool = False) -> dict:
-        if stream:  # an answer that could not be streamed goes out as one chunk
-            get_stream_writer()(AnswerToken(AIMessageChunk(content=answer.content)))
+    def _done(
+        self,
+        model: BaseChatModel,
+        started: float,
+        answer: BaseMessage,
+        limits: CallLimits,
+        failures: list[str],
+    ) -> dict:
         usage = answer.usage_metadata if isinstance(answer, AIMessage) else None
         record = Proposal(
             layer=self.last_layer + 1,
             index=0,
-            model=self.label,
+            model=model_label(model),
             text=answer.text,
             usage=usage,
-            latency_s=round(time.perf_counter() - started, 4),
+            latency_s=_elapsed(started),
+            attempts=max(limits.attempts, 1),
+            fallback_from="; ".join(failures) or None,
         )
         return {"messages": [answer], "aggregation": record}
 
+    def _give_up(
+        self, state: MoAState, errors: list[tuple[str, Exception]]
+    ) -> AggregatorFailedError:
+        label, error = errors[-1]
+        return AggregatorFailedError(label, error, state.get("proposals", []))
+
     def invoke(self, state: MoAState, config: RunnableConfig) -> dict:
-        messages, inner = self._prepare(state, config)
-        options, started = _options(), time.perf_counter()
-        try:
-            if not options.stream_answer or options.structured:
-                answer = self._runnable(options).invoke(messages, inner)
-                return self._done(started, answer, stream=options.stream_answer)
-            writer = get_stream_writer()
-            total: AIMessageChunk | None = None
-            for chunk in self._runnable(options).stream(messages, inner):
-                writer(AnswerToken(chunk))
-                total = chunk if total is None else total + chunk
-            return self._done(started, _to_message(total))
-        except Exception as error:
-            raise self._fail(state, error) from error
+        options, failures, errors = _options(), [], []
+        for model in self._candidates():
+            messages, inner = self._prepare(state, config, model)
+            runnable, started = self._runnable(model, options), time.perf_counter()
+            limits = self.settings.limits(self.settings.aggregator_timeout)
+            try:
+                if options.stream_answer and options.structured is None:
+                    answer = _stream_with_retries(
+                        lambda r=runnable, m=messages, c=inner: r.stream(m, c), limits
+                    )
+                else:
+                    answer = call_sync(
+                        lambda r=runnable, m=messages, c=inner: r.invoke(m, c),
+                        lambda r=runnable, m=messages, c=inner: r.ainvoke(m, c),
+                        limits,
+                    )
+                    _emit_whole(answer, options)
+            except _StreamBroken as broken:
+                raise self._give_up(state, [(model_label(model), broken.error)]) from broken.error
+            except Exception as error:
+                errors.append((model_label(model), error))
+                failures.append(f"{model_label(model)}: {describe_error(error)}")
+                continue
+            return self._done(model, started, answer, limits, failures)
+        raise self._give_up(state, errors) from errors[-1][1]
 
     async def ainvoke(self, state: MoAState, config: RunnableConfig) -> dict:
-        messages, inner = self._prepare(state, config)
-        options, started = _options(), time.perf_counter()
+        options, failures, errors = _options(), [], []
+        for model in self._candidates():
+            messages, inner = self._prepare(state, config, model)
+            runnable, started = self._runnable(model, options), time.perf_counter()
+            limits = self.settings.limits(self.settings.aggregator_timeout)
+            try:
+                if options.stream_answer and options.structured is None:
+                    answer = await _astream_with_retries(
+                        lambda r=runnable, m=messages, c=inner: r.astream(m, c), limits
+                    )
+                else:
+                    answer = await call_async(
+                        lambda r=runnable, m=messages, c=inner: r.ainvoke(m, c), limits
+                    )
+                    _emit_whole(answer, options)
+            except _StreamBroken as broken:
+                raise self._give_up(state, [(model_label(model), broken.error)]) from broken.error
+            except Exception as error:
+                errors.append((model_label(model), error))
+                failures.append(f"{model_label(model)}: {describe_error(error)}")
+                continue
+            return self._done(model, started, answer, limits, failures)
+        raise self._give_up(state, errors) from errors[-1][1]
+
+
+class _StreamBroken(Exception):
+    """A streamed answer failed after its first chunk went out: no retry possible."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _emit_whole(answer: BaseMessage, options: RunOptions) -> None:
+    """Stream an answer that could not be streamed (structured output) as one chunk."""
+    if options.stream_answer:
+        get_stream_writer()(AnswerToken(AIMessageChunk(content=answer.content)))
+
+
+def _stream_with_retries(open_stream: Any, limits: CallLimits) -> BaseMessage:
+    writer = get_stream_writer()
+    while True:
+        limits.attempts += 1
+        total: AIMessageChunk | None = None
         try:
-            if not options.stream_answer or options.structured:
-                answer = await self._runnable(options).ainvoke(messages, inner)
-                return self._done(started, answer, stream=options.stream_answer)
-            writer = get_stream_writer()
-            total: AIMessageChunk | None = None
-            async for chunk in self._runnable(options).astream(messages, inner):
+            for chunk in open_stream():
                 writer(AnswerToken(chunk))
                 total = chunk if total is None else total + chunk
-            return self._done(started, _to_message(total))
+            return _to_message(total)
         except Exception as error:
-            raise self._fail(state, error) from error
+            if total is not None:
+                raise _StreamBroken(error) from error
+            if limits.attempts > limits.retry.max_retries or not is_transient(error):
+                raise
+            time.sleep(limits.retry.delay(limits.attempts, error))
+
+
+async def _astream_with_retries(open_stream: Any, limits: CallLimits) -> BaseMessage:
+    writer = get_stream_writer()
+    while True:
+        limits.attempts += 1
+        total: AIMessageChunk | None = None
+        try:
+            async for chunk in open_stream():
+                writer(AnswerToken(chunk))
+                total = chunk if total is None else total + chunk
+            return _to_message(total)
+        except Exception as error:
+            if total is not None:
+                raise _StreamBroken(error) from error
+            if limits.attempts > limits.retry.max_retries or not is_transient(error):
+                raise
+            await asyncio.sleep(limits.retry.delay(limits.attempts, error))
 
 
 def _to_message(total: AIMessageChunk | None) -> BaseMessage:
@@ -256,16 +404,15 @@ def _proposal_text(message: AIMessage) -> str:
 
 
 def _build_layer(
-    layer: int,
-    proposers: Sequence[BaseChatModel],
-    call_kwargs: dict[str, Any],
-    prompt: str,
-    min_proposers: int,
+    layer: int, proposers: Sequence[BaseChatModel], settings: EngineSettings
 ) -> CompiledStateGraph:
     labels = [model_label(model) for model in proposers]
 
     def start(state: MoAState) -> dict:
-        references = len(_references(state, layer - 1))
+        options = _options()
+        if options is not _DEFAULT_OPTIONS:
+            options.watches[layer] = LayerWatch(settings.layer_deadline, settings.min_proposers)
+        references = len(settings.references(state, layer - 1))
         get_stream_writer()(LayerStarted(layer, labels, references))
         return {}
 
@@ -273,8 +420,8 @@ def _build_layer(
         mine = [p for p in state.get("proposals", []) if p.layer == layer]
         succeeded = sum(p.ok for p in mine)
         get_stream_writer()(LayerFinished(layer, succeeded, len(mine) - succeeded))
-        if succeeded < min_proposers:
-            raise ProposersFailedError(layer, min_proposers, mine)
+        if succeeded < settings.min_proposers:
+            raise ProposersFailedError(layer, settings.min_proposers, mine)
         return {}
 
     builder = StateGraph(MoAState, context_schema=RunOptions, output_schema=_LayerOutput)
@@ -282,7 +429,7 @@ def _build_layer(
     builder.add_edge(START, "start")
     names = []
     for index, (model, label) in enumerate(zip(proposers, labels, strict=True)):
-        node = _Proposer(layer, index, model, call_kwargs, label, prompt)
+        node = _Proposer(layer, index, model, label, settings)
         name = f"proposer_{index}"
         builder.add_node(name, RunnableLambda(node.invoke, afunc=node.ainvoke, name=name))
         builder.add_edge("start", name)
@@ -296,38 +443,29 @@ def _build_layer(
 def build_moa_graph(
     proposer_layers: Sequence[Sequence[BaseChatModel]],
     aggregator: BaseChatModel,
-    *,
-    prompt: str,
-    min_proposers: int = 1,
-    call_kwargs: dict[str, Any] | None = None,
+    settings: EngineSettings,
 ) -> CompiledStateGraph:
     """Compile the Mixture-of-Agents graph.
 
     Args:
         proposer_layers: One list of proposer models per proposer layer.
         aggregator: The final aggregator model.
-        prompt: The aggregate-and-synthesize prompt.
-        min_proposers: Successful answers each layer needs to go on.
-        call_kwargs: Generation arguments bound to every inner model
-            (``temperature``, ``max_tokens``).
+        settings: How inner models are called.
 
     Returns:
         A compiled graph. Input ``{"messages": [...]}``; output ``{"messages":
-        [..., answer], "proposals": [Proposal, ...]}``. Per-call options go in
-        ``context=RunOptions(...)``.
+        [..., answer], "proposals": [Proposal, ...], "aggregation": Proposal}``.
+        Per-call options go in ``context=RunOptions(...)``; layer deadlines
+        apply only when a ``RunOptions`` context is given.
     """
-    bound = call_kwargs or {}
     builder = StateGraph(MoAState, context_schema=RunOptions, input_schema=MoAInput)
     previous = START
     for layer, models in enumerate(proposer_layers, 1):
         name = f"layer_{layer}"
-        builder.add_node(
-            name,
-            _build_layer(layer, models, bound, prompt, min_proposers),
-        )
+        builder.add_node(name, _build_layer(layer, models, settings))
         builder.add_edge(previous, name)
         previous = name
-    node = _Aggregator(len(proposer_layers), aggregator, bound, model_label(aggregator), prompt)
+    node = _Aggregator(len(proposer_layers), aggregator, settings)
     builder.add_node("aggregate", RunnableLambda(node.invoke, afunc=node.ainvoke, name="aggregate"))
     builder.add_edge(previous, "aggregate")
     builder.add_edge("aggregate", END)

@@ -69,8 +69,9 @@ def openai_compatible_moa(
         layers: All layers, the aggregator's included.
         temperature: Sampling temperature of every call (paper: 0.7).
         max_tokens: Token limit of every call (paper: 2048).
-        **model_kwargs: Further ``ChatOpenAI`` arguments (``timeout``,
-            ``max_retries``, ...).
+        **model_kwargs: Further ``ChatOpenAI`` arguments (``timeout``, ...). The
+            inner models get ``max_retries=0`` unless given here: the ensemble
+            retries transient failures itself (``MoAChatModel.max_retries``).
 
     Returns:
         The ensemble.
@@ -86,7 +87,7 @@ def openai_compatible_moa(
             temperature=temperature,
             max_tokens=max_tokens,  # type: ignore[call-arg]
             stream_usage=True,
-            **model_kwargs,
+            **{"max_retries": 0, **model_kwargs},
         )
 
     return MoAChatModel(

@@ -63,3 +63,33 @@ def inject_references(
             new_content = [*content, {"type": "text", "text": "\n\n" + block}]
         return [first.model_copy(update={"content": new_content}), *messages[1:]]
     return [SystemMessage(content=block), *messages]
+
+
+def fit_references(references: Sequence[str], budget: int | None) -> list[str]:
+    """Cut references fairly so that together they fit ``budget`` characters.
+
+    Short references stay whole; the longer ones share what is left equally
+    (water-filling) and end with a visible ``[... truncated N characters]``
+    marker. ``None`` means no budget.
+
+    Args:
+        references: The references, in order.
+        budget: Total characters allowed for the reference texts.
+
+    Returns:
+        The references, cut where needed.
+    """
+    if budget is None or sum(len(r) for r in references) <= budget:
+        return list(references)
+    remaining, pending = budget, sorted(range(len(references)), key=lambda i: len(references[i]))
+    cap = 0
+    while pending:
+        cap = remaining // len(pending)
+        if len(references[pending[0]]) > cap:
+            break
+        remaining -= len(references[pending.pop(0)])
+    cut = set(pending)
+    return [
+        f"{text[:cap]}[... truncated {len(text) - cap} characters]" if i in cut else text
+        for i, text in enumerate(references)
+    ]

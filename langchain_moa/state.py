@@ -21,8 +21,11 @@ class Proposal:
         model: Name of the model that answered.
         text: The answer's text, or ``None`` if the call failed.
         usage: Token usage reported by the model, if any.
-        latency_s: Wall time of the call in seconds.
+        latency_s: Wall time of the call in seconds, retries included.
         error: ``"ErrorType: message"`` if the call failed, else ``None``.
+        attempts: Calls made, retries of transient failures included.
+        fallback_from: For the aggregator: ``"model: error"`` of the primary
+            aggregator when the fallback aggregator answered instead.
     """
 
     layer: int
@@ -32,6 +35,8 @@ class Proposal:
     usage: UsageMetadata | None
     latency_s: float
     error: str | None = None
+    attempts: int = 1
+    fallback_from: str | None = None
 
     @property
     def ok(self) -> bool:

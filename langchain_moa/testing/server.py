@@ -184,6 +184,8 @@ class OpenAISimulator:
         self._keep_alive = keep_alive
         self._record = record_requests
         self._lock = threading.Lock()
+        self._in_flight = 0
+        self._peak_in_flight = 0
         self._lifecycle = threading.Lock()
         self._states: dict[str, _ModelState] = {}
         self._requests: list[RecordedRequest] = []
@@ -547,6 +549,27 @@ class OpenAISimulator:
                 await asyncio.wait_for(stopping.wait(), _POLL_SECONDS * 10)
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+        try:
+            return await self._answer_chat(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    @property
+    def peak_in_flight(self) -> int:
+        """Most chat-completion requests in progress at once since the last reset."""
+        with self._lock:
+            return self._peak_in_flight
+
+    def reset_peak_in_flight(self) -> None:
+        """Start counting ``peak_in_flight`` afresh."""
+        with self._lock:
+            self._peak_in_flight = self._in_flight
+
+    async def _answer_chat(self, request: web.Request) -> web.StreamResponse:
         received = time.monotonic()
         raw = await request.read()
         try:
