@@ -305,7 +305,7 @@ class MoAChatModel(BaseChatModel):
     def _run_options(
         self, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
     ) -> RunOptions:
-        check_call_kwargs(kwargs)
+        check_call_kwargs(kwargs, stop)
         aggregator_kwargs = {k: v for k, v in kwargs.items() if k != "stream"}
         tools = tuple(aggregator_kwargs.pop("tools", None) or ())
         tool_choice = aggregator_kwargs.pop("tool_choice", None)

@@ -82,7 +82,7 @@ def _describe(block: Any) -> str:
     return f"of Python type {type(block).__name__}"
 
 
-def check_call_kwargs(kwargs: Mapping[str, Any]) -> None:
+def check_call_kwargs(kwargs: Mapping[str, Any], stop: Any = None) -> None:
     """Refuse per-call keyword arguments the ensemble cannot honour.
 
     Raises:
@@ -102,7 +102,7 @@ def check_call_kwargs(kwargs: Mapping[str, Any]) -> None:
             f"(applied to the aggregator) are: {', '.join(sorted(CALL_KWARGS - {'stream'}))}"
         )
         raise TypeError(msg)
-    stop = kwargs.get("stop")
+    stop = kwargs.get("stop", stop)
     if stop is not None and (isinstance(stop, str) or not all(isinstance(s, str) for s in stop)):
         msg = f"stop must be a list of strings, got {stop!r}"
         raise TypeError(msg)
