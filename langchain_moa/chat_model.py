@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 from langchain_core.callbacks import (
@@ -33,7 +33,7 @@ from langchain_moa.callbacks import InnerCallbacks, child_manager, inner_context
 from langchain_moa.events import AnswerToken, event_to_dict
 from langchain_moa.graph import EngineSettings, RunOptions, build_moa_graph
 from langchain_moa.inner_models import model_identity
-from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT
+from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT, DEFAULT_RANKER_PROMPT
 from langchain_moa.resilience import ConcurrencyLimit, RetryPolicy
 from langchain_moa.state import MoAState, Proposal
 from langchain_moa.structured_output import StructuredMethod, structured_runnable
@@ -116,6 +116,14 @@ class MoAChatModel(BaseChatModel):
 
     aggregator_prompt: str = DEFAULT_AGGREGATOR_PROMPT
     """System prompt that introduces the references; the paper's by default."""
+
+    aggregation: Literal["synthesize", "rank"] = "synthesize"
+    """``"synthesize"``: the aggregator writes a new answer (MoA). ``"rank"``: it
+    only picks the best proposal, which becomes the answer word for word (the
+    paper's LLM-ranker baseline, Figure 4)."""
+
+    ranker_prompt: str = DEFAULT_RANKER_PROMPT
+    """System prompt of ``aggregation="rank"``; the references follow it."""
 
     min_proposers: int = Field(default=1, ge=1)
     """Successful answers each proposer layer needs for the run to go on; below
@@ -266,6 +274,7 @@ class MoAChatModel(BaseChatModel):
             max_reference_chars=self.max_reference_chars,
             limit=ConcurrencyLimit(self.max_concurrency) if self.max_concurrency else None,
             fallback_aggregator=self.fallback_aggregator,
+            ranker_prompt=self.ranker_prompt if self.aggregation == "rank" else None,
         )
         return build_moa_graph(self.proposer_layers, self.aggregator, settings)
 
@@ -281,6 +290,7 @@ class MoAChatModel(BaseChatModel):
             "proposers": [[model_identity(m) for m in layer] for layer in self.proposer_layers],
             "aggregator": model_identity(self.aggregator),
             "aggregator_prompt_sha256": hashlib.sha256(self.aggregator_prompt.encode()).hexdigest(),
+            "aggregation": self.aggregation,
             "min_proposers": self.min_proposers,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
@@ -317,6 +327,11 @@ class MoAChatModel(BaseChatModel):
         }
         if stop := stop or self.stop:
             aggregator_kwargs["stop"] = stop
+        if self.aggregation == "rank" and (tools or structured):
+            msg = (
+                'aggregation="rank" picks a proposal as is: it cannot call tools or follow a schema'
+            )
+            raise ValueError(msg)
         return RunOptions(
             aggregator_kwargs=aggregator_kwargs,
             stream_answer=stream,
@@ -455,7 +470,7 @@ class MoAChatModel(BaseChatModel):
             "failed_proposers": len(failed),
             "degraded": bool(failed),
         }
-        for key in ("finish_reason", "model_provider"):
+        for key in ("finish_reason", "model_provider", "ranker"):
             if key in inner:
                 metadata[key] = inner[key]
         return metadata

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,8 @@ class EngineSettings:
         max_reference_chars: Character budget of one agent's references.
         limit: Bound on in-flight inner calls.
         fallback_aggregator: Aggregates instead if the aggregator fails.
+        ranker_prompt: If set, the aggregator only picks the best proposal
+            (the paper's LLM-ranker baseline) with this prompt.
     """
 
     prompt: str
@@ -108,6 +111,7 @@ class EngineSettings:
     max_reference_chars: int | None = None
     limit: ConcurrencyLimit | None = None
     fallback_aggregator: BaseChatModel | None = None
+    ranker_prompt: str | None = None
 
     def references(self, state: MoAState, layer: int) -> list[str]:
         """The successful answers of ``layer``, fitted to the budget."""
@@ -244,6 +248,19 @@ class _Aggregator:
         kwargs = {**self.settings.call_kwargs, **options.aggregator_kwargs}
         return runnable.bind(**kwargs) if kwargs else runnable
 
+    def _streams(self, options: RunOptions) -> bool:
+        """Whether the answer is streamed token by token (not for one-piece answers)."""
+        one_piece = options.structured is not None or self.settings.ranker_prompt is not None
+        return options.stream_answer and not one_piece
+
+    def _finish(self, state: MoAState, answer: BaseMessage, options: RunOptions) -> BaseMessage:
+        """Apply the ranker's choice, if ranking, and stream a one-piece answer."""
+        if self.settings.ranker_prompt is not None:
+            answer = _ranked_choice(state, self.last_layer, answer)
+        if options.stream_answer:
+            get_stream_writer()(AnswerToken(AIMessageChunk(content=answer.content)))
+        return answer
+
     def _candidates(self) -> list[BaseChatModel]:
         fallback = self.settings.fallback_aggregator
         return [self.model] if fallback is None else [self.model, fallback]
@@ -254,7 +271,8 @@ class _Aggregator:
         label = model_label(model)
         references = self.settings.references(state, self.last_layer)
         get_stream_writer()(AggregationStarted(label, len(references)))
-        messages = inject_references(state["messages"], references, self.settings.prompt)
+        prompt = self.settings.ranker_prompt or self.settings.prompt
+        messages = inject_references(state["messages"], references, prompt)
         metadata = {"moa_layer": self.last_layer + 1, "moa_model": label}
         return messages, _inner_config(config, f"aggregator · {label}", metadata)
 
@@ -292,7 +310,7 @@ class _Aggregator:
             runnable, started = self._runnable(model, options), time.perf_counter()
             limits = self.settings.limits(self.settings.aggregator_timeout)
             try:
-                if options.stream_answer and options.structured is None:
+                if self._streams(options):
                     answer = _stream_with_retries(
                         lambda r=runnable, m=messages, c=inner: r.stream(m, c), limits
                     )
@@ -302,7 +320,7 @@ class _Aggregator:
                         lambda r=runnable, m=messages, c=inner: r.ainvoke(m, c),
                         limits,
                     )
-                    _emit_whole(answer, options)
+                    answer = self._finish(state, answer, options)
             except _StreamBroken as broken:
                 raise self._give_up(state, [(model_label(model), broken.error)]) from broken.error
             except Exception as error:
@@ -319,7 +337,7 @@ class _Aggregator:
             runnable, started = self._runnable(model, options), time.perf_counter()
             limits = self.settings.limits(self.settings.aggregator_timeout)
             try:
-                if options.stream_answer and options.structured is None:
+                if self._streams(options):
                     answer = await _astream_with_retries(
                         lambda r=runnable, m=messages, c=inner: r.astream(m, c), limits
                     )
@@ -327,7 +345,7 @@ class _Aggregator:
                     answer = await call_async(
                         lambda r=runnable, m=messages, c=inner: r.ainvoke(m, c), limits
                     )
-                    _emit_whole(answer, options)
+                    answer = self._finish(state, answer, options)
             except _StreamBroken as broken:
                 raise self._give_up(state, [(model_label(model), broken.error)]) from broken.error
             except Exception as error:
@@ -346,10 +364,23 @@ class _StreamBroken(Exception):
         self.error = error
 
 
-def _emit_whole(answer: BaseMessage, options: RunOptions) -> None:
-    """Stream an answer that could not be streamed (structured output) as one chunk."""
-    if options.stream_answer:
-        get_stream_writer()(AnswerToken(AIMessageChunk(content=answer.content)))
+def _ranked_choice(state: MoAState, layer: int, ranking: BaseMessage) -> AIMessage:
+    """The proposal the ranker chose, as the answer (with the ranker's usage).
+
+    The first number in the ranker's reply that names a proposal wins; if none
+    does, the first proposal is taken and ``ranker_parsed`` is false.
+    """
+    texts = [p.text for p in state.get("proposals", []) if p.layer == layer and p.ok]
+    numbers = [int(n) for n in re.findall(r"\d+", ranking.text)]
+    choice = next((n for n in numbers if 1 <= n <= len(texts)), None)
+    return AIMessage(
+        content=texts[(choice or 1) - 1],
+        usage_metadata=ranking.usage_metadata if isinstance(ranking, AIMessage) else None,
+        response_metadata={
+            **ranking.response_metadata,
+            "ranker": {"choice": choice or 1, "parsed": choice is not None, "output": ranking.text},
+        },
+    )
 
 
 def _stream_with_retries(open_stream: Any, limits: CallLimits) -> BaseMessage:

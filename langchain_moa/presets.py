@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from langchain_core.language_models import BaseChatModel
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
@@ -138,3 +139,40 @@ def openai_moa(api_key: str | None = None, **kwargs: Any) -> MoAChatModel:
         msg = "no OpenAI API key: pass api_key= or set OPENAI_API_KEY"
         raise ValueError(msg)
     return openai_compatible_moa(OPENAI_PROPOSERS, OPENAI_AGGREGATOR, api_key=key, **kwargs)
+
+
+def self_moa(
+    model: BaseChatModel,
+    samples: int = 6,
+    *,
+    layers: int = 2,
+    temperature: float = PAPER_TEMPERATURE,
+    aggregator: BaseChatModel | None = None,
+    **kwargs: Any,
+) -> MoAChatModel:
+    """Self-MoA (Li et al., 2025): one strong model sampled ``samples`` times.
+
+    The same model proposes ``samples`` times per layer at ``temperature`` > 0
+    (so the samples differ) and, unless another is given, also aggregates.
+
+    Args:
+        model: The model to sample.
+        samples: Proposals per layer.
+        layers: All layers, the aggregator's included.
+        temperature: Sampling temperature of every call; must be > 0.
+        aggregator: Another aggregator, if wanted.
+        **kwargs: Further ``MoAChatModel`` fields.
+
+    Returns:
+        The ensemble.
+    """
+    if temperature <= 0:
+        msg = f"Self-MoA needs temperature > 0 so that the samples differ, got {temperature}"
+        raise ValueError(msg)
+    return MoAChatModel(
+        proposers=[model] * samples,
+        aggregator=aggregator or model,
+        layers=layers,
+        temperature=temperature,
+        **kwargs,
+    )

@@ -19,6 +19,15 @@ DEFAULT_AGGREGATOR_PROMPT = (
 )
 """The paper's aggregate-and-synthesize prompt (Wang et al., 2024, Table 1)."""
 
+DEFAULT_RANKER_PROMPT = (
+    "You have been provided with a set of responses from various models to the "
+    "latest user query. Your task is to choose the single best response: the most "
+    "helpful, accurate and complete one. Reply with the number of that response "
+    "only, and nothing else.\n\n"
+    "Responses from models:"
+)
+"""Prompt of the LLM-ranker baseline (paper, Figure 4): pick one, do not synthesize."""
+
 
 def format_references(prompt: str, references: Sequence[str]) -> str:
     r"""Append numbered references to the aggregate-and-synthesize prompt.
