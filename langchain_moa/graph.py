@@ -19,8 +19,9 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.utils import message_chunk_to_message
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
+from langgraph._internal._runnable import RunnableCallable
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -434,6 +435,15 @@ def _proposal_text(message: AIMessage) -> str:
     return "\n".join([message.text, *calls]).strip() if calls else message.text
 
 
+def _node(func: Any, afunc: Any, name: str) -> Runnable:
+    """A graph node with native sync and async bodies and no traced run of its own.
+
+    This is how LangGraph itself wraps function nodes (its node already has a
+    run); a ``RunnableLambda`` would add a second, identically named run.
+    """
+    return RunnableCallable(func, afunc, name=name, trace=False)
+
+
 def _build_layer(
     layer: int, proposers: Sequence[BaseChatModel], settings: EngineSettings
 ) -> CompiledStateGraph:
@@ -462,7 +472,7 @@ def _build_layer(
     for index, (model, label) in enumerate(zip(proposers, labels, strict=True)):
         node = _Proposer(layer, index, model, label, settings)
         name = f"proposer_{index}"
-        builder.add_node(name, RunnableLambda(node.invoke, afunc=node.ainvoke, name=name))
+        builder.add_node(name, _node(node.invoke, node.ainvoke, name))
         builder.add_edge("start", name)
         names.append(name)
     builder.add_node("finish", finish)
@@ -497,7 +507,7 @@ def build_moa_graph(
         builder.add_edge(previous, name)
         previous = name
     node = _Aggregator(len(proposer_layers), aggregator, settings)
-    builder.add_node("aggregate", RunnableLambda(node.invoke, afunc=node.ainvoke, name="aggregate"))
+    builder.add_node("aggregate", _node(node.invoke, node.ainvoke, "aggregate"))
     builder.add_edge(previous, "aggregate")
     builder.add_edge("aggregate", END)
     return builder.compile(name="mixture_of_agents")
