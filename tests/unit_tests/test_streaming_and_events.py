@@ -1,0 +1,79 @@
+"""Streaming switches and progress events, with in-process fakes."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+
+from langchain_moa import PROGRESS_EVENT, MoAChatModel
+from tests.unit_tests.fakes import RecordingChatModel
+
+
+def ensemble(**kwargs: Any) -> MoAChatModel:
+    return MoAChatModel(
+        proposers=[RecordingChatModel(name="a"), RecordingChatModel(name="b")],
+        aggregator=RecordingChatModel(name="agg"),
+        layers=2,
+        **kwargs,
+    )
+
+
+class Tokens(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.tokens.append(token)
+
+
+def test_streaming_true_streams_invoke_to_callbacks() -> None:
+    handler = Tokens()
+    result = ensemble(streaming=True).invoke("q", config={"callbacks": [handler]})
+    assert result.content == "agg: answer 1"
+    assert "".join(handler.tokens) == "agg: answer 1"
+    assert len([t for t in handler.tokens if t]) > 1
+    assert result.usage_metadata["total_tokens"] == 24
+
+
+def test_disable_streaming_yields_one_whole_message() -> None:
+    chunks = list(ensemble(disable_streaming=True).stream("q"))
+    assert len(chunks) == 1
+    assert chunks[0].content == "agg: answer 1"
+
+
+async def test_progress_arrives_in_astream_events() -> None:
+    events = [
+        event
+        async for event in ensemble().astream_events("q", version="v2")
+        if event["event"] == "on_custom_event" and event["name"] == PROGRESS_EVENT
+    ]
+    kinds = [e["data"]["kind"] for e in events]
+    assert kinds[0] == "layer_started"
+    assert kinds.count("proposer_finished") == 2
+    assert kinds[-2:] == ["layer_finished", "aggregation_started"]
+    finished = [e["data"]["proposal"] for e in events if e["data"]["kind"] == "proposer_finished"]
+    assert {p["model"] for p in finished} == {"a", "b"}
+    assert all(p["usage"]["total_tokens"] == 8 and p["latency_s"] >= 0 for p in finished)
+
+
+def test_progress_reports_failures() -> None:
+    seen: list[dict[str, Any]] = []
+
+    class Progress(BaseCallbackHandler):
+        def on_custom_event(self, name: str, data: Any, *, run_id: UUID, **kwargs: Any) -> None:
+            if name == PROGRESS_EVENT:
+                seen.append(data)
+
+    llm = MoAChatModel(
+        proposers=[RecordingChatModel(name="a"), RecordingChatModel(name="down", fail=True)],
+        aggregator=RecordingChatModel(name="agg"),
+        layers=2,
+    )
+    llm.invoke("q", config={"callbacks": [Progress()]})
+    failed = [
+        e["proposal"] for e in seen if e["kind"] == "proposer_finished" and e["proposal"]["error"]
+    ]
+    assert [p["model"] for p in failed] == ["down"]
+    assert {"layer": 1, "succeeded": 1, "failed": 1, "kind": "layer_finished"} in seen
