@@ -298,63 +298,95 @@ class _Aggregator:
         )
         return {"messages": [answer], "aggregation": record}
 
-    def _give_up(
-        self, state: MoAState, errors: list[tuple[str, Exception]]
-    ) -> AggregatorFailedError:
-        label, error = errors[-1]
-        return AggregatorFailedError(label, error, state.get("proposals", []))
+    def _attempt(
+        self, state: MoAState, config: RunnableConfig, model: BaseChatModel, options: RunOptions
+    ) -> _Attempt:
+        messages, inner = self._prepare(state, config, model)
+        limits = self.settings.limits(self.settings.aggregator_timeout)
+        return _Attempt(self._runnable(model, options), messages, inner, limits)
+
+    def _outcome(
+        self,
+        state: MoAState,
+        model: BaseChatModel,
+        attempt: _Attempt,
+        answer: BaseMessage,
+        options: RunOptions,
+        failures: list[tuple[str, Exception]],
+    ) -> dict:
+        if not self._streams(options):
+            answer = self._finish(state, answer, options)
+        notes = [f"{label}: {describe_error(error)}" for label, error in failures]
+        return self._done(model, attempt.started, answer, attempt.limits, notes)
 
     def invoke(self, state: MoAState, config: RunnableConfig) -> dict:
-        options, failures, errors = _options(), [], []
+        options, failures = _options(), []
         for model in self._candidates():
-            messages, inner = self._prepare(state, config, model)
-            runnable, started = self._runnable(model, options), time.perf_counter()
-            limits = self.settings.limits(self.settings.aggregator_timeout)
+            attempt = self._attempt(state, config, model, options)
             try:
-                if self._streams(options):
-                    answer = _stream_with_retries(
-                        lambda r=runnable, m=messages, c=inner: r.stream(m, c), limits
-                    )
-                else:
-                    answer = call_sync(
-                        lambda r=runnable, m=messages, c=inner: r.invoke(m, c),
-                        lambda r=runnable, m=messages, c=inner: r.ainvoke(m, c),
-                        limits,
-                    )
-                    answer = self._finish(state, answer, options)
+                answer = attempt.run_sync(stream=self._streams(options))
             except _StreamBroken as broken:
-                raise self._give_up(state, [(model_label(model), broken.error)]) from broken.error
+                failures = [(model_label(model), broken.error)]
+                break
             except Exception as error:
-                errors.append((model_label(model), error))
-                failures.append(f"{model_label(model)}: {describe_error(error)}")
+                failures.append((model_label(model), error))
                 continue
-            return self._done(model, started, answer, limits, failures)
-        raise self._give_up(state, errors) from errors[-1][1]
+            return self._outcome(state, model, attempt, answer, options, failures)
+        raise _give_up(state, failures)
 
     async def ainvoke(self, state: MoAState, config: RunnableConfig) -> dict:
-        options, failures, errors = _options(), [], []
+        options, failures = _options(), []
         for model in self._candidates():
-            messages, inner = self._prepare(state, config, model)
-            runnable, started = self._runnable(model, options), time.perf_counter()
-            limits = self.settings.limits(self.settings.aggregator_timeout)
+            attempt = self._attempt(state, config, model, options)
             try:
-                if self._streams(options):
-                    answer = await _astream_with_retries(
-                        lambda r=runnable, m=messages, c=inner: r.astream(m, c), limits
-                    )
-                else:
-                    answer = await call_async(
-                        lambda r=runnable, m=messages, c=inner: r.ainvoke(m, c), limits
-                    )
-                    answer = self._finish(state, answer, options)
+                answer = await attempt.run_async(stream=self._streams(options))
             except _StreamBroken as broken:
-                raise self._give_up(state, [(model_label(model), broken.error)]) from broken.error
+                failures = [(model_label(model), broken.error)]
+                break
             except Exception as error:
-                errors.append((model_label(model), error))
-                failures.append(f"{model_label(model)}: {describe_error(error)}")
+                failures.append((model_label(model), error))
                 continue
-            return self._done(model, started, answer, limits, failures)
-        raise self._give_up(state, errors) from errors[-1][1]
+            return self._outcome(state, model, attempt, answer, options, failures)
+        raise _give_up(state, failures)
+
+
+@dataclass
+class _Attempt:
+    """One aggregator model's call: retries and timeout included."""
+
+    runnable: Runnable
+    messages: list[BaseMessage]
+    config: RunnableConfig
+    limits: CallLimits
+    started: float = field(default_factory=time.perf_counter)
+
+    def run_sync(self, *, stream: bool) -> BaseMessage:
+        if stream:
+            return _stream_with_retries(
+                lambda: self.runnable.stream(self.messages, self.config), self.limits
+            )
+        return call_sync(
+            lambda: self.runnable.invoke(self.messages, self.config),
+            lambda: self.runnable.ainvoke(self.messages, self.config),
+            self.limits,
+        )
+
+    async def run_async(self, *, stream: bool) -> BaseMessage:
+        if stream:
+            return await _astream_with_retries(
+                lambda: self.runnable.astream(self.messages, self.config), self.limits
+            )
+        return await call_async(
+            lambda: self.runnable.ainvoke(self.messages, self.config), self.limits
+        )
+
+
+def _give_up(state: MoAState, failures: list[tuple[str, Exception]]) -> AggregatorFailedError:
+    """The error for an aggregation that no aggregator could complete."""
+    label, error = failures[-1]
+    failed = AggregatorFailedError(label, error, state.get("proposals", []))
+    failed.__cause__ = error
+    return failed
 
 
 class _StreamBroken(Exception):
