@@ -1,0 +1,317 @@
+r"""The ``moa-generate`` command: benchmark outputs for AlpacaEval 2.0 and MT-Bench.
+
+It reads an instruction set, answers every item with a Mixture-of-Agents
+ensemble and writes the answers in the format the evaluator consumes:
+
+* AlpacaEval (``alpaca_eval.json``, a JSON list of objects with
+  ``instruction``): a JSON list of the input objects with ``output`` and
+  ``generator`` set, for ``alpaca_eval --model_outputs``.
+* MT-Bench (FastChat's ``question.jsonl``: ``question_id``, ``category``,
+  ``turns``): answer JSONL, one ``{"question_id", "answer_id", "model_id",
+  "choices": [{"index": 0, "turns": [...]}], "tstamp"}`` per line, for
+  FastChat's ``gen_judgment.py``. Turn 2 is asked with the history (user 1,
+  final answer 1, user 2).
+
+Runs are resumable: items already in the output file with a non-empty answer
+are skipped. The output is written after every item (AlpacaEval: the JSON file
+is replaced atomically; MT-Bench: one appended line), so an interruption leaves
+a valid partial file. An item that fails is listed with its error in
+``<output>.errors.jsonl`` and retried on the next run; the run goes on and the
+exit status is 1. Datasets are not bundled.
+
+Example:
+    ```bash
+    moa-generate alpaca_eval.json -o together-moa.json --preset together-moa
+    moa-generate question.jsonl -o answers.jsonl --base-url http://localhost:8000/v1 \\
+        --proposer m1 --proposer m2 --aggregator m1 --layers 2
+    moa-generate question.jsonl -o simulated.jsonl --simulate --limit 3
+    ```
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from langchain_core.runnables import Runnable
+from rich.console import Console
+
+from langchain_moa.errors import redact
+from langchain_moa.generation.instructions import DEFAULT_CONCURRENCY, FORMATS
+from langchain_moa.generation.runner import GenerationReport, agenerate
+from langchain_moa.presets import (
+    MOA_AGGREGATOR,
+    MOA_LITE_AGGREGATOR,
+    OPENAI_AGGREGATOR,
+    OPENAI_PROPOSERS,
+    PAPER_MAX_TOKENS,
+    PAPER_PROPOSERS,
+    PAPER_TEMPERATURE,
+    openai_compatible_moa,
+    openai_moa,
+    together_moa,
+    together_moa_lite,
+)
+
+
+@dataclass(frozen=True)
+class LineUp:
+    """Model names of an ensemble and the generator name its outputs get.
+
+    Attributes:
+        name: Default generator name.
+        proposers: Proposer model names.
+        aggregator: Aggregator model name.
+        layers: All layers, the aggregator's included.
+    """
+
+    name: str
+    proposers: tuple[str, ...]
+    aggregator: str
+    layers: int
+
+
+PRESET_LINE_UPS: dict[str, LineUp] = {
+    "together-moa": LineUp("together-moa", PAPER_PROPOSERS, MOA_AGGREGATOR, 3),
+    "together-moa-lite": LineUp("together-moa-lite", PAPER_PROPOSERS, MOA_LITE_AGGREGATOR, 2),
+    "openai": LineUp("openai-moa", OPENAI_PROPOSERS, OPENAI_AGGREGATOR, 3),
+}
+"""The ``--preset`` line-ups (``langchain_moa.presets``)."""
+
+_PRESET_FACTORIES: dict[str, Callable[..., Runnable[Any, Any]]] = {
+    "together-moa": together_moa,
+    "together-moa-lite": together_moa_lite,
+    "openai": openai_moa,
+}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moa-generate",
+        description=(
+            "Answer an AlpacaEval or MT-Bench instruction set with a Mixture-of-Agents "
+            "ensemble and write the file the evaluator reads. Resumes a partial output; "
+            "failed items go to <output>.errors.jsonl and are retried on the next run."
+        ),
+        epilog=(
+            "Keys come from the environment: TOGETHER_API_KEY (together presets), "
+            "OPENAI_API_KEY (openai preset, --base-url servers that need one)."
+        ),
+    )
+    parser.add_argument("input", type=Path, help="alpaca_eval.json or MT-Bench question.jsonl")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the output file")
+    parser.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--preset",
+        choices=sorted(PRESET_LINE_UPS),
+        help="a published line-up (default: together-moa, the paper's MoA)",
+    )
+    source.add_argument("--base-url", help="any OpenAI-compatible server (vLLM, Ollama, ...)")
+    parser.add_argument(
+        "--proposer",
+        action="append",
+        dest="proposers",
+        metavar="MODEL",
+        help="a proposer model name, repeatable (with --base-url or --simulate)",
+    )
+    parser.add_argument("--aggregator", metavar="MODEL", help="the aggregator model name")
+    parser.add_argument(
+        "--layers", type=int, help="all layers, the aggregator's included (default: line-up's)"
+    )
+    parser.add_argument("--generator-name", help="generator / model_id (default: line-up's)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=PAPER_TEMPERATURE,
+        help=f"sampling temperature of every call (default {PAPER_TEMPERATURE}, the paper's)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=PAPER_MAX_TOKENS,
+        help=f"token limit of every call (default {PAPER_MAX_TOKENS}, the paper's)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"ensemble calls in flight at once (default {DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument("--limit", type=int, help="answer only the first N items")
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        help="answer with the local simulator (offline), with the chosen line-up's model names",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _slug(model: str) -> str:
+    """A file-name-safe short form of a model name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", model.rsplit("/", 1)[-1]).strip("-").lower()
+
+
+def _display_url(url: str) -> str:
+    """The URL without any user name or password in it."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _line_up(args: argparse.Namespace) -> LineUp:
+    """The model names of the run: ``--proposer``/``--aggregator`` or the preset's."""
+    if args.proposers or args.aggregator:
+        if not (args.proposers and args.aggregator):
+            msg = "give both --proposer (one or more) and --aggregator"
+            raise ValueError(msg)
+        layers = args.layers or 3
+        name = f"moa-{layers}l-{_slug(args.aggregator)}"
+        return LineUp(name, tuple(args.proposers), args.aggregator, layers)
+    preset = PRESET_LINE_UPS[args.preset or "together-moa"]
+    if args.layers and args.layers != preset.layers:
+        return LineUp(
+            f"{preset.name}-{args.layers}l", preset.proposers, preset.aggregator, args.layers
+        )
+    return preset
+
+
+def _model_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {"temperature": args.temperature, "max_tokens": args.max_tokens}
+
+
+def _simulated(args: argparse.Namespace, stack: ExitStack) -> tuple[Runnable[Any, Any], str, str]:
+    from langchain_moa.testing import OpenAISimulator
+
+    line_up = _line_up(args)
+    simulator = stack.enter_context(OpenAISimulator())
+    llm = openai_compatible_moa(
+        line_up.proposers,
+        line_up.aggregator,
+        base_url=simulator.base_url,
+        api_key="simulator",
+        layers=line_up.layers,
+        **_model_settings(args),
+    )
+    return llm, "SIMULATED answers from the local simulator", f"simulated-{line_up.name}"
+
+
+def _served(args: argparse.Namespace) -> tuple[Runnable[Any, Any], str, str]:
+    if not (args.proposers and args.aggregator):
+        msg = "--base-url needs --proposer (one or more) and --aggregator"
+        raise ValueError(msg)
+    line_up = _line_up(args)
+    llm = openai_compatible_moa(
+        line_up.proposers,
+        line_up.aggregator,
+        base_url=args.base_url,
+        layers=line_up.layers,
+        **_model_settings(args),
+    )
+    return llm, f"models served by {_display_url(args.base_url)}", line_up.name
+
+
+def _preset(args: argparse.Namespace) -> tuple[Runnable[Any, Any], str, str]:
+    if args.proposers or args.aggregator:
+        msg = "--proposer and --aggregator need --base-url or --simulate"
+        raise ValueError(msg)
+    preset = args.preset or "together-moa"
+    settings = _model_settings(args)
+    if args.layers:
+        settings["layers"] = args.layers
+    llm = _PRESET_FACTORIES[preset](**settings)
+    return llm, f"the {preset} line-up", _line_up(args).name
+
+
+def choose_model(args: argparse.Namespace, stack: ExitStack) -> tuple[Runnable[Any, Any], str, str]:
+    """Build the ensemble the arguments ask for.
+
+    Args:
+        args: The parsed command line.
+        stack: Owns the simulator, if one is started.
+
+    Returns:
+        The ensemble, a description of where answers come from (no secrets)
+        and the default generator name.
+
+    Raises:
+        ValueError: If the arguments contradict each other or a key is missing.
+    """
+    if args.simulate:
+        return _simulated(args, stack)
+    if args.base_url:
+        return _served(args)
+    return _preset(args)
+
+
+def _print_report(console: Console, report: GenerationReport) -> None:
+    console.print(
+        f"{report.completed} answered, {report.skipped} already present, "
+        f"{report.failed} failed, of {report.total} -> {report.output_path}"
+    )
+    if report.failed:
+        console.print(
+            f"[red]failed items are listed in {report.errors_path}[/]; "
+            "run the same command again to retry them"
+        )
+
+
+def _generate(
+    args: argparse.Namespace, llm: Runnable[Any, Any], name: str, console: Console
+) -> GenerationReport:
+    return asyncio.run(
+        agenerate(
+            llm,
+            args.input,
+            args.output,
+            generator_name=args.generator_name or name,
+            fmt=args.format,
+            concurrency=args.concurrency,
+            limit=args.limit,
+            show_progress=not args.no_progress,
+            console=console,
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``moa-generate`` command.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 if every item has an answer, 1 if some failed, 2 on a usage error,
+        130 when interrupted (the answers so far are kept).
+    """
+    args = _build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    with ExitStack() as stack:
+        try:
+            llm, source, default_name = choose_model(args, stack)
+            console.print(f"[bold]Source:[/] {source}")
+            report = _generate(args, llm, default_name, console)
+        except ValueError as error:
+            console.print(f"[red]error:[/] {redact(str(error))}")
+            return 2
+        except KeyboardInterrupt:
+            console.print(
+                f"[yellow]interrupted:[/] the answers so far are in {args.output}; "
+                "run the same command again to resume"
+            )
+            return 130
+    _print_report(console, report)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

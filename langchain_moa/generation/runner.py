@@ -1,0 +1,204 @@
+"""Answering jobs with bounded concurrency, a progress bar and per-item error records."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import Runnable
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from langchain_moa.generation.instructions import (
+    DEFAULT_CONCURRENCY,
+    ERRORS_SUFFIX,
+    EmptyAnswerError,
+    Format,
+    Job,
+    detect_format,
+    load_jobs,
+)
+from langchain_moa.generation.outputs import ErrorLog, OutputStore, open_store
+
+
+def _answer_text(reply: Any) -> str:
+    return reply.text if isinstance(reply, BaseMessage) else str(reply)
+
+
+async def answer_turns(
+    llm: Runnable[Any, Any], turns: Sequence[str], semaphore: asyncio.Semaphore
+) -> list[str]:
+    """Ask the user turns in order, each with the conversation so far.
+
+    Args:
+        llm: The ensemble (any chat model or runnable taking messages).
+        turns: The user turns.
+        semaphore: Bounds the calls in flight.
+
+    Returns:
+        One final answer per turn.
+
+    Raises:
+        EmptyAnswerError: If an answer is empty.
+    """
+    messages: list[BaseMessage] = []
+    answers: list[str] = []
+    for turn in turns:
+        messages.append(HumanMessage(turn))
+        async with semaphore:
+            reply = await llm.ainvoke(messages)
+        text = _answer_text(reply)
+        if not text.strip():
+            msg = f"the answer to turn {len(answers) + 1} is empty"
+            raise EmptyAnswerError(msg)
+        answers.append(text)
+        messages.append(AIMessage(text))
+    return answers
+
+
+async def _run_job(
+    job: Job,
+    llm: Runnable[Any, Any],
+    semaphore: asyncio.Semaphore,
+    store: OutputStore,
+    errors: ErrorLog,
+) -> bool:
+    """Answer one job and save it, or record why it failed; never raises."""
+    try:
+        answers = await answer_turns(llm, job.turns, semaphore)
+    except Exception as error:  # one item failing must not end the run
+        errors.add(job, error)
+        return False
+    store.save(job, answers)
+    return True
+
+
+@dataclass(frozen=True)
+class GenerationReport:
+    """What a generation run did.
+
+    Attributes:
+        total: Items in the instruction set (after ``limit``).
+        skipped: Items already answered in the output file.
+        completed: Items answered in this run.
+        failed: Items that failed in this run (listed in ``errors_path``).
+        output_path: The output file.
+        errors_path: The errors file (present only if ``failed``).
+    """
+
+    total: int
+    skipped: int
+    completed: int
+    failed: int
+    output_path: Path
+    errors_path: Path
+
+    @property
+    def ok(self) -> bool:
+        """Whether every item has an answer now."""
+        return self.failed == 0
+
+
+def _progress(console: Console | None, *, show: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show,
+    )
+
+
+async def _run_jobs(
+    jobs: Sequence[Job],
+    llm: Runnable[Any, Any],
+    store: OutputStore,
+    errors: ErrorLog,
+    *,
+    concurrency: int,
+    on_done: Callable[[], None],
+) -> int:
+    """Answer the jobs concurrently; return how many succeeded."""
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(job: Job) -> bool:
+        ok = await _run_job(job, llm, semaphore, store, errors)
+        on_done()
+        return ok
+
+    results = await asyncio.gather(*(one(job) for job in jobs))
+    return sum(results)
+
+
+async def agenerate(
+    llm: Runnable[Any, Any],
+    input_path: Path,
+    output_path: Path,
+    *,
+    generator_name: str,
+    fmt: Format | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    limit: int | None = None,
+    show_progress: bool = False,
+    console: Console | None = None,
+) -> GenerationReport:
+    """Answer an instruction set and write the evaluator's input file.
+
+    Args:
+        llm: The ensemble (or any chat model).
+        input_path: The AlpacaEval JSON or MT-Bench question JSONL file.
+        output_path: The output file; a partial one is resumed.
+        generator_name: AlpacaEval ``generator`` / MT-Bench ``model_id``.
+        fmt: The format; detected from the content when ``None``.
+        concurrency: Ensemble calls in flight at once.
+        limit: Answer only the first ``limit`` items.
+        show_progress: Whether to show a progress bar.
+        console: Where the progress bar goes.
+
+    Returns:
+        The counts of the run.
+
+    Raises:
+        InstructionSetError: If the input or a partial output cannot be read.
+        ValueError: If ``concurrency`` is below 1 or ``limit`` below 0.
+    """
+    if concurrency < 1:
+        msg = f"concurrency must be at least 1, got {concurrency}"
+        raise ValueError(msg)
+    if limit is not None and limit < 0:
+        msg = f"limit must be at least 0, got {limit}"
+        raise ValueError(msg)
+    fmt = fmt or detect_format(input_path)
+    every_job = load_jobs(input_path, fmt)
+    jobs = every_job[:limit]
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    store = open_store(fmt, output_path, every_job, generator_name)
+    pending = store.pending(jobs)
+    errors = ErrorLog(output_path.with_name(output_path.name + ERRORS_SUFFIX))
+    with _progress(console, show=show_progress) as progress:
+        task = progress.add_task(f"{fmt} → {output_path.name}", total=len(pending), failed=0)
+
+        def on_done() -> None:
+            progress.update(task, advance=1, failed=errors.count)
+
+        try:
+            completed = await _run_jobs(
+                pending, llm, store, errors, concurrency=concurrency, on_done=on_done
+            )
+        finally:
+            store.close()
+            errors.close()
+    return GenerationReport(
+        total=len(jobs),
+        skipped=len(jobs) - len(pending),
+        completed=completed,
+        failed=errors.count,
+        output_path=output_path,
+        errors_path=errors.path,
+    )
