@@ -28,15 +28,14 @@ from rich.table import Table
 from rich.text import Text
 
 from langchain_moa.chat_model import PROGRESS_EVENT, MoAChatModel
+from langchain_moa.cli_arguments import add_model_arguments
 from langchain_moa.errors import MoAError
 from langchain_moa.presets import (
     MOA_AGGREGATOR,
     MOA_LITE_AGGREGATOR,
     OPENAI_AGGREGATOR,
     OPENAI_PROPOSERS,
-    PAPER_MAX_TOKENS,
     PAPER_PROPOSERS,
-    PAPER_TEMPERATURE,
     TOGETHER_BASE_URL,
     openai_compatible_moa,
 )
@@ -98,34 +97,9 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("question", help="the question to answer")
-    parser.add_argument(
-        "--layers",
-        type=int,
-        default=3,
-        help="all layers, the aggregator's included: 3 = MoA, 2 = MoA-Lite (default 3)",
-    )
-    parser.add_argument(
-        "--proposer",
-        action="append",
-        dest="proposers",
-        metavar="MODEL",
-        help="a proposer model name (repeat for several); default: the line-up's",
-    )
-    parser.add_argument("--aggregator", metavar="MODEL", help="the aggregator model name")
+    add_model_arguments(parser, layers_default=3)
     parser.add_argument(
         "--base-url", help="an OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)"
-    )
-    parser.add_argument(
-        "--temperature",
-        type=float,
-        default=PAPER_TEMPERATURE,
-        help=f"sampling temperature of every call (default {PAPER_TEMPERATURE})",
-    )
-    parser.add_argument(
-        "--max-tokens",
-        type=int,
-        default=PAPER_MAX_TOKENS,
-        help=f"token limit of every call (default {PAPER_MAX_TOKENS})",
     )
     parser.add_argument(
         "--simulate", action="store_true", help="use the local simulator even if keys are set"

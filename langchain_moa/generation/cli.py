@@ -44,6 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 from langchain_core.runnables import Runnable
 from rich.console import Console
 
+from langchain_moa.cli_arguments import add_model_arguments
 from langchain_moa.errors import redact
 from langchain_moa.generation.instructions import DEFAULT_CONCURRENCY, FORMATS
 from langchain_moa.generation.runner import GenerationReport, agenerate
@@ -52,9 +53,7 @@ from langchain_moa.presets import (
     MOA_LITE_AGGREGATOR,
     OPENAI_AGGREGATOR,
     OPENAI_PROPOSERS,
-    PAPER_MAX_TOKENS,
     PAPER_PROPOSERS,
-    PAPER_TEMPERATURE,
     openai_compatible_moa,
     openai_moa,
     together_moa,
@@ -116,30 +115,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="a published line-up (default: together-moa, the paper's MoA)",
     )
     source.add_argument("--base-url", help="any OpenAI-compatible server (vLLM, Ollama, ...)")
-    parser.add_argument(
-        "--proposer",
-        action="append",
-        dest="proposers",
-        metavar="MODEL",
-        help="a proposer model name, repeatable (with --base-url or --simulate)",
-    )
-    parser.add_argument("--aggregator", metavar="MODEL", help="the aggregator model name")
-    parser.add_argument(
-        "--layers", type=int, help="all layers, the aggregator's included (default: line-up's)"
-    )
+    add_model_arguments(parser, layers_default=None)
     parser.add_argument("--generator-name", help="generator / model_id (default: line-up's)")
-    parser.add_argument(
-        "--temperature",
-        type=float,
-        default=PAPER_TEMPERATURE,
-        help=f"sampling temperature of every call (default {PAPER_TEMPERATURE}, the paper's)",
-    )
-    parser.add_argument(
-        "--max-tokens",
-        type=int,
-        default=PAPER_MAX_TOKENS,
-        help=f"token limit of every call (default {PAPER_MAX_TOKENS}, the paper's)",
-    )
     parser.add_argument(
         "--concurrency",
         type=int,
