@@ -6,9 +6,10 @@ import json
 import os
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from langchain_moa.errors import describe_error
 from langchain_moa.generation.instructions import (
@@ -38,25 +39,39 @@ def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-class OutputStore(Protocol):
-    """Where finished answers go, and which items are already answered."""
+class OutputStore(ABC):
+    """Where finished answers go, and which items are already answered.
 
-    path: Path
+    Args:
+        path: The output file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._done: dict[str, dict[str, Any]] = {}
+        self._other: list[dict[str, Any]] = []
 
     def pending(self, jobs: Sequence[Job]) -> list[Job]:
-        """The jobs without a complete answer in the output file."""
-        ...
+        """The jobs without a complete answer in the output file.
 
+        Args:
+            jobs: The jobs of this run.
+
+        Returns:
+            Those still to answer.
+        """
+        return [job for job in jobs if job.key not in self._done]
+
+    @abstractmethod
     def save(self, job: Job, answers: list[str]) -> None:
         """Write the answers of one finished job."""
-        ...
 
+    @abstractmethod
     def close(self) -> None:
         """Finish the file once the run is over."""
-        ...
 
 
-class AlpacaEvalStore:
+class AlpacaEvalStore(OutputStore):
     """AlpacaEval model outputs: a JSON list, replaced atomically after every item.
 
     The file lists the finished items in instruction-set order: each input
@@ -70,11 +85,9 @@ class AlpacaEvalStore:
     """
 
     def __init__(self, path: Path, jobs: Sequence[Job], generator: str) -> None:
-        self.path = path
+        super().__init__(path)
         self._order = [job.key for job in jobs]
         self._generator = generator
-        self._done: dict[str, dict[str, Any]] = {}
-        self._other: list[dict[str, Any]] = []
         if path.exists():
             self._load()
 
@@ -88,17 +101,6 @@ class AlpacaEvalStore:
                 self._other.append(record)
             elif isinstance(record.get("output"), str) and record["output"].strip():
                 self._done[key] = record
-
-    def pending(self, jobs: Sequence[Job]) -> list[Job]:
-        """The jobs without a non-empty ``output`` in the file.
-
-        Args:
-            jobs: The jobs of this run.
-
-        Returns:
-            Those still to answer.
-        """
-        return [job for job in jobs if job.key not in self._done]
 
     def save(self, job: Job, answers: list[str]) -> None:
         """Record one output and rewrite the file atomically.
@@ -116,7 +118,7 @@ class AlpacaEvalStore:
         """Nothing to do: the file is complete after every item."""
 
 
-class MTBenchStore:
+class MTBenchStore(OutputStore):
     """MT-Bench answers: JSON lines, one appended per finished question.
 
     On opening, the complete answers already in the file are kept (one per
@@ -131,11 +133,9 @@ class MTBenchStore:
     """
 
     def __init__(self, path: Path, jobs: Sequence[Job], model_id: str) -> None:
-        self.path = path
+        super().__init__(path)
         self._model_id = model_id
         self._turns = {job.key: len(job.turns) for job in jobs}
-        self._done: dict[str, dict[str, Any]] = {}
-        self._other: list[dict[str, Any]] = []
         if path.exists():
             self._load()
             self._write()
@@ -154,17 +154,6 @@ class MTBenchStore:
         records += self._other
         text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
         _atomic_write_text(self.path, text)
-
-    def pending(self, jobs: Sequence[Job]) -> list[Job]:
-        """The questions without a complete answer in the file.
-
-        Args:
-            jobs: The jobs of this run.
-
-        Returns:
-            Those still to answer.
-        """
-        return [job for job in jobs if job.key not in self._done]
 
     def save(self, job: Job, answers: list[str]) -> None:
         """Append the answer of one question.
