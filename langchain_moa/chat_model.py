@@ -547,7 +547,9 @@ class MoAChatModel(BaseChatModel):
         config = self._graph_config(parent, run_id, is_async=False)
         context = inner_context(self.inner_callbacks)
         progress = _progress_manager(parent, run_id, CallbackManager)
-        items = context.run(self.graph.stream, inputs, config, context=options, **_STREAM_MODES)
+        items = context.run(
+            self.graph.stream, inputs, config, context=options, **_stream_modes(progress)
+        )
         state: MoAState | None = None
         try:
             while (item := context.run(next, items, None)) is not None:
@@ -580,7 +582,7 @@ class MoAChatModel(BaseChatModel):
         state: MoAState | None = None
 
         def items() -> AsyncIterator[Any]:
-            return self.graph.astream(inputs, config, context=options, **_STREAM_MODES)
+            return self.graph.astream(inputs, config, context=options, **_stream_modes(progress))
 
         async for item in _aiter_in_context(context, items):
             kind, payload = _classify(item)
@@ -672,16 +674,22 @@ class MoAChatModel(BaseChatModel):
         }
 
 
-_STREAM_MODES: dict[str, Any] = {"stream_mode": ["custom", "values"], "subgraphs": True}
+def _stream_modes(progress: Any) -> dict[str, Any]:
+    """What to stream from the graph: tokens, states, and (if anyone listens) progress.
+
+    Progress events come from the layer subgraphs, so only a listener pays for
+    streaming them.
+    """
+    return {"stream_mode": ["custom", "values"], "subgraphs": progress is not None}
 
 
 def _classify(item: tuple[Any, ...]) -> tuple[str, Any]:
-    """Sort one ``(namespace, mode, payload)`` item of the graph's stream.
+    """Sort one ``([namespace,] mode, payload)`` item of the graph's stream.
 
     Returns ``("token", AnswerToken)``, ``("progress", event)``, ``("state",
     state)`` for the top-level graph's state, or ``("other", payload)``.
     """
-    namespace, mode, payload = item
+    namespace, mode, payload = item if len(item) == 3 else ((), *item)
     if mode == "custom":
         return ("token" if isinstance(payload, AnswerToken) else "progress"), payload
     return ("other" if namespace else "state"), payload
