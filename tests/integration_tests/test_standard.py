@@ -39,10 +39,10 @@ class TestMoAChatModelOverHTTP(ChatModelIntegrationTests):
 
     @property
     def standard_chat_model_params(self) -> dict[str, Any]:
-        # Client timeout, retries and keys belong to the inner ChatOpenAI models.
+        # A client timeout belongs to the inner ChatOpenAI models (per-proposer
+        # limits are proposer_timeout and layer_deadline).
         params = super().standard_chat_model_params
-        for key in ("timeout", "max_retries"):
-            params.pop(key, None)
+        params.pop("timeout", None)
         return params
 
     @property

@@ -26,11 +26,12 @@ class TestMoAChatModelStandard(ChatModelUnitTests):
 
     @property
     def standard_chat_model_params(self) -> dict[str, Any]:
-        # An ensemble has no API key, client timeout or client retries of its
-        # own: those belong to the inner models. temperature, max_tokens and
-        # stop are the ensemble's (see MoAChatModel's fields).
+        # An ensemble has no API key or client timeout of its own: those belong
+        # to the inner models (per-proposer limits are proposer_timeout and
+        # layer_deadline). temperature, max_tokens, stop and max_retries are
+        # the ensemble's own fields.
         params = super().standard_chat_model_params
-        for key in ("api_key", "timeout", "max_retries"):
+        for key in ("api_key", "timeout"):
             params.pop(key, None)
         return params
 
