@@ -605,39 +605,13 @@ async def test_async_user_graph_streamed_as_messages_while_traced(
 # -- 2. callbacks: one chat model to the caller ---------------------------------------
 
 
-def test_usage_callback_counts_the_ensemble_once_invoke(
-    openai_simulator: OpenAISimulator,
+@pytest.mark.parametrize("how", ["invoke", "ainvoke", "stream", "astream"])
+async def test_usage_callback_counts_the_ensemble_once(
+    openai_simulator: OpenAISimulator, how: str
 ) -> None:
-    team = ensemble(openai_simulator, "usage-invoke")
+    team = ensemble(openai_simulator, f"usage-{how}")
     with get_usage_metadata_callback() as cb:
-        result = team.llm.invoke("Why is the sky blue?")
-    check_usage(cb.usage_metadata, result)
-
-
-async def test_usage_callback_counts_the_ensemble_once_ainvoke(
-    openai_simulator: OpenAISimulator,
-) -> None:
-    team = ensemble(openai_simulator, "usage-ainvoke")
-    with get_usage_metadata_callback() as cb:
-        result = await team.llm.ainvoke("Why is the sky blue?")
-    check_usage(cb.usage_metadata, result)
-
-
-def test_usage_callback_counts_the_ensemble_once_stream(
-    openai_simulator: OpenAISimulator,
-) -> None:
-    team = ensemble(openai_simulator, "usage-stream")
-    with get_usage_metadata_callback() as cb:
-        result = concat(list(team.llm.stream("Why is the sky blue?")))
-    check_usage(cb.usage_metadata, result)
-
-
-async def test_usage_callback_counts_the_ensemble_once_astream(
-    openai_simulator: OpenAISimulator,
-) -> None:
-    team = ensemble(openai_simulator, "usage-astream")
-    with get_usage_metadata_callback() as cb:
-        result = concat([chunk async for chunk in team.llm.astream("Why is the sky blue?")])
+        result = await call(team.llm, how, {})
     check_usage(cb.usage_metadata, result)
 
 
