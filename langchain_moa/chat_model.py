@@ -278,6 +278,18 @@ class MoAChatModel(BaseChatModel):
         )
         return build_moa_graph(self.proposer_layers, self.aggregator, settings)
 
+    @cached_property
+    def _inner_identities(self) -> dict[str, Any]:
+        """Identities of the inner models and the prompt, computed once.
+
+        They are read on every call, for tracing and cache keys.
+        """
+        return {
+            "proposers": [[model_identity(m) for m in layer] for layer in self.proposer_layers],
+            "aggregator": model_identity(self.aggregator),
+            "aggregator_prompt_sha256": hashlib.sha256(self.aggregator_prompt.encode()).hexdigest(),
+        }
+
     @property
     def _llm_type(self) -> str:
         return "mixture-of-agents"
@@ -287,9 +299,7 @@ class MoAChatModel(BaseChatModel):
         return {
             "model_name": self.model_name,
             "layers": self.layers,
-            "proposers": [[model_identity(m) for m in layer] for layer in self.proposer_layers],
-            "aggregator": model_identity(self.aggregator),
-            "aggregator_prompt_sha256": hashlib.sha256(self.aggregator_prompt.encode()).hexdigest(),
+            **self._inner_identities,
             "aggregation": self.aggregation,
             "min_proposers": self.min_proposers,
             "temperature": self.temperature,
