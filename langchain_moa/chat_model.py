@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import math
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
+from dataclasses import replace
 from functools import cached_property
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
+from langchain_core.caches import BaseCache
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
@@ -18,31 +22,55 @@ from langchain_core.callbacks import (
     CallbackManager,
     CallbackManagerForLLMRun,
 )
+from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
+from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.config import get_stream_writer
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from langchain_moa.callbacks import InnerCallbacks, child_manager, inner_context
-from langchain_moa.events import AnswerToken, event_to_dict
+from langchain_moa.events import AnswerToken
 from langchain_moa.graph import EngineSettings, RunOptions, build_moa_graph
-from langchain_moa.inner_models import model_identity
+from langchain_moa.inner_models import chat_model_of, is_inner_model, model_identity
 from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT, DEFAULT_RANKER_PROMPT
 from langchain_moa.resilience import ConcurrencyLimit, RetryPolicy
-from langchain_moa.state import MoAState, Proposal
+from langchain_moa.state import MoAState
 from langchain_moa.structured_output import StructuredMethod, structured_runnable
-from langchain_moa.validation import check_call_kwargs, check_conversation
+from langchain_moa.validation import (
+    MAX_LAYERS,
+    check_call_kwargs,
+    check_conversation,
+)
 
 PROGRESS_EVENT = "moa_progress"
 """Name of the custom callback event that carries progress (see ``events``)."""
 
 _PAPER_LAYERS = 3
+_DERIVED = ("graph", "_inner_identities")
+# Fields that do not change an answer: left out of the cache key.
+_NOT_IN_CACHE_KEY = frozenset(
+    {
+        "cache",
+        "callbacks",
+        "callback_manager",
+        "custom_get_token_ids",
+        "disable_streaming",
+        "inner_callbacks",
+        "metadata",
+        "profile",
+        "rate_limiter",
+        "streaming",
+        "tags",
+        "verbose",
+    }
+)
 # Hands the run of ``stream()``/``astream()`` to ``_stream``/``_astream``, which
 # LangChain calls without a run manager (see ``MoAChatModel.stream``).
 _STREAM_RUN: ContextVar[tuple[UUID, BaseCallbackManager] | None] = ContextVar(
@@ -103,11 +131,13 @@ class MoAChatModel(BaseChatModel):
         state has a ``messages`` channel.
     """
 
-    proposers: list[BaseChatModel] | list[list[BaseChatModel]]
+    proposers: list[Runnable] | list[list[Runnable]]
     """Proposer models: one list reused in every proposer layer, or one list per
-    proposer layer. A model may appear more than once (Self-MoA)."""
+    proposer layer. A model may appear more than once (Self-MoA). Each is a chat
+    model or a runnable wrapping one (``.bind(...)``, ``.with_retry()``, a
+    configurable ``init_chat_model()``)."""
 
-    aggregator: BaseChatModel
+    aggregator: Runnable
     """The model that synthesizes the last proposer layer's answers."""
 
     layers: int | None = None
@@ -129,28 +159,32 @@ class MoAChatModel(BaseChatModel):
     """Successful answers each proposer layer needs for the run to go on; below
     it, ``ProposersFailedError`` is raised with every cause."""
 
-    proposer_timeout: float | None = Field(default=None, gt=0)
+    proposer_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Seconds each proposer call may take, retries included; a proposer that
     exceeds it is cancelled and counted as failed. ``None``: no limit."""
 
-    layer_deadline: float | None = Field(default=None, gt=0)
+    layer_deadline: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Seconds after a layer starts when, once ``min_proposers`` answered, its
     stragglers are cancelled and the next layer starts. ``None``: wait for all."""
 
-    aggregator_timeout: float | None = Field(default=None, gt=0)
-    """Seconds the aggregator may take (non-streaming calls), retries included."""
+    aggregator_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Seconds the aggregator may take, retries included, streamed or not; when it
+    passes, the fallback aggregator (if any) answers instead."""
 
-    max_retries: int = Field(default=2, ge=0)
+    aggregator_first_token_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Seconds a streamed aggregator may take to send its first token."""
+
+    max_retries: int = Field(default=2, ge=0, le=100)
     """Retries of a transient failure (429, 5xx, connection errors) per inner
     call, with exponential backoff and jitter, honouring ``Retry-After``.
     Permanent failures (400, 401, 403, 404, 422) are not retried. Set the inner
     models' own ``max_retries=0`` so that only this layer retries."""
 
-    retry_base_delay: float = Field(default=0.5, ge=0)
+    retry_base_delay: float = Field(default=0.5, ge=0, le=600, allow_inf_nan=False)
     """First backoff in seconds; it doubles with every retry."""
 
-    retry_max_delay: float = Field(default=20.0, ge=0)
-    """Longest single wait between retries, ``Retry-After`` included."""
+    retry_max_delay: float = Field(default=20.0, ge=0, le=600, allow_inf_nan=False)
+    """Longest single wait between retries, ``Retry-After`` included (at most 600)."""
 
     max_concurrency: int | None = Field(default=None, ge=1)
     """Most inner calls in flight at once for this ensemble, across concurrent
@@ -160,14 +194,16 @@ class MoAChatModel(BaseChatModel):
     """Character budget of the references one agent reads; longer ones are cut
     fairly, each with a visible truncation marker. ``None``: no budget."""
 
-    fallback_aggregator: BaseChatModel | None = None
+    fallback_aggregator: Runnable | None = None
     """Aggregates instead when the aggregator fails (after its retries)."""
 
-    temperature: float | None = None
-    """If set, the sampling temperature of every inner call."""
+    temperature: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """If set, the sampling temperature of every inner call (a per-call
+    ``temperature`` applies to the aggregator only)."""
 
-    max_tokens: int | None = None
-    """If set, the maximum tokens of every inner call."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """If set, the maximum tokens of every inner call (a per-call ``max_tokens``
+    applies to the aggregator only)."""
 
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     """Default stop sequences, applied to the aggregator (the final answer)."""
@@ -191,7 +227,7 @@ class MoAChatModel(BaseChatModel):
         if not isinstance(values, dict):
             return values
         proposers = values.get("proposers")
-        if isinstance(proposers, BaseChatModel) or not isinstance(proposers, Sequence):
+        if is_inner_model(proposers) or not isinstance(proposers, Sequence):
             msg = "proposers must be a list of chat models or a list of lists of chat models"
             raise ValueError(msg)
         if not proposers:
@@ -207,7 +243,7 @@ class MoAChatModel(BaseChatModel):
                 msg = f"proposer layer {number} is empty: every layer needs a proposer"
                 raise ValueError(msg)
             for position, model in enumerate(layer):
-                if not isinstance(model, BaseChatModel):
+                if not is_inner_model(model):
                     where = (
                         f"layer {number}, position {position}"
                         if all(nested)
@@ -215,10 +251,11 @@ class MoAChatModel(BaseChatModel):
                     )
                     msg = f"proposer at {where} is a {type(model).__name__}, not a chat model"
                     raise ValueError(msg)
-        aggregator = values.get("aggregator")
-        if "aggregator" in values and not isinstance(aggregator, BaseChatModel):
-            msg = f"aggregator is a {type(aggregator).__name__}, not a chat model"
-            raise ValueError(msg)
+        for name in ("aggregator", "fallback_aggregator"):
+            model = values.get(name)
+            if name in values and model is not None and not is_inner_model(model):
+                msg = f"{name} is a {type(model).__name__}, not a chat model"
+                raise ValueError(msg)
         return values
 
     @model_validator(mode="after")
@@ -232,19 +269,59 @@ class MoAChatModel(BaseChatModel):
                     f"proposer layers given (+1 aggregator layer = {implied})"
                 )
                 raise ValueError(msg)
-            self.layers = implied
+            self.__dict__["layers"] = implied
         elif self.layers is None:
-            self.layers = _PAPER_LAYERS
-        if self.layers < 2:
+            self.__dict__["layers"] = _PAPER_LAYERS
+        if self.layers < 2:  # type: ignore[operator]
             msg = (
                 f"layers must be at least 2 (one proposer layer and the aggregator), "
                 f"got {self.layers}"
             )
             raise ValueError(msg)
+        if self.layers > MAX_LAYERS:  # type: ignore[operator]
+            msg = f"layers must be at most {MAX_LAYERS}, got {self.layers}"
+            raise ValueError(msg)
+        narrowest = min(len(layer) for layer in self.proposer_layers)
+        if self.min_proposers > narrowest:
+            msg = (
+                f"min_proposers={self.min_proposers} can never be met: the smallest "
+                f"proposer layer has {narrowest} proposer(s)"
+            )
+            raise ValueError(msg)
+        if self.profile is None and (aggregator := chat_model_of(self.aggregator)) is not None:
+            # What create_agent reads to choose its structured-output strategy.
+            self.__dict__["profile"] = aggregator.profile
         return self
 
+    # -- state derived from the settings ----------------------------------------
+    # The compiled graph and the inner identities are cached; they must follow
+    # the settings, so a changed field, a copy and a pickle drop them.
+
+    def _forget_derived(self) -> None:
+        for name in _DERIVED:
+            self.__dict__.pop(name, None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        self._forget_derived()
+
+    def __copy__(self) -> MoAChatModel:
+        copied = super().__copy__()
+        copied._forget_derived()
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> MoAChatModel:
+        copied = super().__deepcopy__(memo)
+        copied._forget_derived()
+        return copied
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state["__dict__"] = {k: v for k, v in state["__dict__"].items() if k not in _DERIVED}
+        return state
+
     @property
-    def proposer_layers(self) -> tuple[tuple[BaseChatModel, ...], ...]:
+    def proposer_layers(self) -> tuple[tuple[Runnable, ...], ...]:
         """The proposer models of each proposer layer, in order."""
         if isinstance(self.proposers[0], list):
             return tuple(tuple(layer) for layer in self.proposers)  # type: ignore[arg-type]
@@ -265,11 +342,13 @@ class MoAChatModel(BaseChatModel):
         }
         settings = EngineSettings(
             prompt=self.aggregator_prompt,
+            model_name=self.model_name,
             call_kwargs=call_kwargs,
             min_proposers=self.min_proposers,
             retry=RetryPolicy(self.max_retries, self.retry_base_delay, self.retry_max_delay),
             proposer_timeout=self.proposer_timeout,
             aggregator_timeout=self.aggregator_timeout,
+            aggregator_first_token_timeout=self.aggregator_first_token_timeout,
             layer_deadline=self.layer_deadline,
             max_reference_chars=self.max_reference_chars,
             limit=ConcurrencyLimit(self.max_concurrency) if self.max_concurrency else None,
@@ -280,15 +359,16 @@ class MoAChatModel(BaseChatModel):
 
     @cached_property
     def _inner_identities(self) -> dict[str, Any]:
-        """Identities of the inner models and the prompt, computed once.
+        """Every setting that can change an answer, inner models by identity.
 
-        They are read on every call, for tracing and cache keys.
+        Computed once (it is read on every call, for tracing and cache keys);
+        forgotten when a field changes.
         """
-        return {
-            "proposers": [[model_identity(m) for m in layer] for layer in self.proposer_layers],
-            "aggregator": model_identity(self.aggregator),
-            "aggregator_prompt_sha256": hashlib.sha256(self.aggregator_prompt.encode()).hexdigest(),
-        }
+        identities: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            if name not in _NOT_IN_CACHE_KEY:
+                identities[name] = _setting_identity(getattr(self, name))
+        return identities
 
     @property
     def _llm_type(self) -> str:
@@ -296,15 +376,31 @@ class MoAChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {
-            "model_name": self.model_name,
-            "layers": self.layers,
-            **self._inner_identities,
-            "aggregation": self.aggregation,
-            "min_proposers": self.min_proposers,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }
+        return dict(self._inner_identities)
+
+    # -- tokens: counted with the aggregator's own counter -----------------------
+
+    def _counting_model(self) -> BaseChatModel | None:
+        return chat_model_of(self.aggregator)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` by the aggregator's tokenizer."""
+        model = self._counting_model()
+        return model.get_token_ids(text) if model is not None else super().get_token_ids(text)
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens in ``text`` by the aggregator's counter."""
+        model = self._counting_model()
+        return model.get_num_tokens(text) if model is not None else super().get_num_tokens(text)
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence | None = None
+    ) -> int:
+        """Tokens in ``messages`` by the aggregator's counter (one agent's input)."""
+        model = self._counting_model()
+        if model is None:
+            return super().get_num_tokens_from_messages(messages, tools)
+        return model.get_num_tokens_from_messages(messages, tools)
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
@@ -342,14 +438,17 @@ class MoAChatModel(BaseChatModel):
                 'aggregation="rank" picks a proposal as is: it cannot call tools or follow a schema'
             )
             raise ValueError(msg)
+        hidden = ("nostream",) if self.inner_callbacks == "tracers" else ()
         return RunOptions(
             aggregator_kwargs=aggregator_kwargs,
             stream_answer=stream,
-            inner_tags=("nostream",) if self.inner_callbacks == "tracers" else (),
+            proposer_tags=hidden,
+            aggregator_tags=hidden,
             tools=tools,
             tool_choice=tool_choice,
             tool_kwargs=tool_kwargs,
             structured=structured,
+            cancelled=threading.Event(),
         )
 
     def bind_tools(
@@ -379,6 +478,10 @@ class MoAChatModel(BaseChatModel):
         Returns:
             A runnable that calls this ensemble with the tools bound.
         """
+        if strict is None and kwargs.get("response_format") and self._openai_aggregator():
+            # As create_agent does for OpenAI models: a strict response format
+            # needs strict tools (the ensemble hides its aggregator from it).
+            strict = True
         formatted = [convert_to_openai_tool(tool, strict=strict) for tool in tools]
         extra: dict[str, Any] = {}
         if tool_choice is not None:
@@ -388,6 +491,10 @@ class MoAChatModel(BaseChatModel):
         if strict is not None:
             extra["strict"] = strict
         return self.bind(tools=formatted, **extra, **kwargs)
+
+    def _openai_aggregator(self) -> bool:
+        aggregator = chat_model_of(self.aggregator)
+        return aggregator is not None and hasattr(aggregator, "root_async_client")
 
     def with_structured_output(
         self,
@@ -443,58 +550,80 @@ class MoAChatModel(BaseChatModel):
         return config
 
     def _result(self, state: MoAState) -> AIMessage:
+        """The ensemble's answer, as the graph's ``aggregate`` node wrote it."""
         answer = state["messages"][-1]
-        aggregation = state["aggregation"]
-        proposals = state.get("proposals", [])
-        usage = _total_usage([*proposals, aggregation])
-        content = answer.content
-        extra: dict[str, Any] = {}
-        if isinstance(answer, AIMessage):
-            extra = {
-                "tool_calls": answer.tool_calls,
-                "invalid_tool_calls": answer.invalid_tool_calls,
-                # "parsed" holds the aggregator's own parse (a Python object).
-                "additional_kwargs": {
-                    k: v for k, v in answer.additional_kwargs.items() if k != "parsed"
-                },
-            }
-        return AIMessage(
-            content=content,
-            usage_metadata=usage,
-            response_metadata=self._response_metadata(answer, state),
-            **extra,
-        )
-
-    def _response_metadata(self, answer: BaseMessage, state: MoAState) -> dict[str, Any]:
-        proposals = state.get("proposals", [])
-        layers = [
-            [p.to_dict() for p in proposals if p.layer == n]
-            for n in range(1, len(self.proposer_layers) + 1)
-        ]
-        failed = [p for p in proposals if not p.ok]
-        inner = answer.response_metadata
-        metadata: dict[str, Any] = {
-            "model_name": self.model_name,
-            "aggregator": state["aggregation"].to_dict(),
-            "proposals": layers,
-            "failed_proposers": len(failed),
-            "degraded": bool(failed),
-        }
-        for key in ("finish_reason", "model_provider", "ranker"):
-            if key in inner:
-                metadata[key] = inner[key]
-        return metadata
+        return answer.model_copy(update={"id": None}) if isinstance(answer, AIMessage) else answer
 
     def _final_chunk(self, state: MoAState) -> ChatGenerationChunk:
-        answer = state["messages"][-1]
-        usage = _total_usage([*state.get("proposals", []), state["aggregation"]])
+        answer = self._result(state)
         chunk = AIMessageChunk(
             content="",
-            usage_metadata=usage,
-            response_metadata=self._response_metadata(answer, state),
+            usage_metadata=answer.usage_metadata,
+            response_metadata=answer.response_metadata,
             chunk_position="last",
         )
         return ChatGenerationChunk(message=chunk)
+
+    # -- the LLM cache: degraded answers are not kept -----------------------------
+
+    def _generate_with_cache(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        cache = self._active_cache()
+        if cache is None:
+            return super()._generate_with_cache(messages, stop, run_manager, **kwargs)
+        key = self._cache_key(messages, stop, kwargs)
+        if isinstance(hit := cache.lookup(*key), list):
+            return ChatResult(generations=self._convert_cached_generations(hit))
+        uncached = self._uncached_twin()
+        result = BaseChatModel._generate_with_cache(uncached, messages, stop, run_manager, **kwargs)
+        if not _degraded(result):
+            cache.update(*key, result.generations)
+        return result
+
+    async def _agenerate_with_cache(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        cache = self._active_cache()
+        if cache is None:
+            return await super()._agenerate_with_cache(messages, stop, run_manager, **kwargs)
+        key = self._cache_key(messages, stop, kwargs)
+        if isinstance(hit := await cache.alookup(*key), list):
+            return ChatResult(generations=self._convert_cached_generations(hit))
+        uncached = self._uncached_twin()
+        result = await BaseChatModel._agenerate_with_cache(
+            uncached, messages, stop, run_manager, **kwargs
+        )
+        if not _degraded(result):
+            await cache.aupdate(*key, result.generations)
+        return result
+
+    def _active_cache(self) -> BaseCache | None:
+        """The LLM cache LangChain would use for this ensemble, if any."""
+        if self.cache is False:
+            return None
+        return self.cache if isinstance(self.cache, BaseCache) else get_llm_cache()
+
+    def _cache_key(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[str, str]:
+        """LangChain's cache key: the messages without ids, and the settings."""
+        normalized = [m.model_copy(update={"id": None}) if m.id else m for m in messages]
+        return dumps(normalized), self._get_llm_string(stop=stop, **kwargs)
+
+    def _uncached_twin(self) -> MoAChatModel:
+        """This ensemble with LangChain's own caching off, sharing the compiled graph."""
+        twin = BaseChatModel.__copy__(self)
+        twin.__dict__["cache"] = False
+        return twin
 
     def _generate(
         self,
@@ -555,10 +684,10 @@ class MoAChatModel(BaseChatModel):
         inputs = self._graph_input(messages)
         options = self._run_options(stop, kwargs, stream=stream)
         config = self._graph_config(parent, run_id, is_async=False)
+        progress = _Progress(parent, run_id, CallbackManager)
         context = inner_context(self.inner_callbacks)
-        progress = _progress_manager(parent, run_id, CallbackManager)
         items = context.run(
-            self.graph.stream, inputs, config, context=options, **_stream_modes(progress)
+            self.graph.stream, inputs, config, context=options, **progress.stream_modes()
         )
         state: MoAState | None = None
         try:
@@ -566,11 +695,14 @@ class MoAChatModel(BaseChatModel):
                 kind, payload = _classify(item)
                 if kind == "token":
                     yield _token_chunk(payload)
-                elif kind == "progress" and progress:
-                    progress.on_custom_event(PROGRESS_EVENT, event_to_dict(payload), run_id=run_id)
+                elif kind == "progress":
+                    progress.send(payload)
                 elif kind == "state":
                     state = payload
         finally:
+            # A closed stream or an interrupt: stop inner calls now, not when
+            # LangGraph's executor has waited for them.
+            options.cancelled.set()  # type: ignore[union-attr]
             context.run(items.close)
         yield _checked(state)
 
@@ -586,22 +718,21 @@ class MoAChatModel(BaseChatModel):
         run_id, parent = _run_parent(run_manager)
         inputs = self._graph_input(messages)
         options = self._run_options(stop, kwargs, stream=stream)
+        options = _without_event(options)
         config = self._graph_config(parent, run_id, is_async=True)
+        progress = _Progress(parent, run_id, AsyncCallbackManager)
         context = inner_context(self.inner_callbacks)
-        progress = _progress_manager(parent, run_id, AsyncCallbackManager)
         state: MoAState | None = None
 
         def items() -> AsyncIterator[Any]:
-            return self.graph.astream(inputs, config, context=options, **_stream_modes(progress))
+            return self.graph.astream(inputs, config, context=options, **progress.stream_modes())
 
         async for item in _aiter_in_context(context, items):
             kind, payload = _classify(item)
             if kind == "token":
                 yield _token_chunk(payload)
-            elif kind == "progress" and progress:
-                await progress.on_custom_event(
-                    PROGRESS_EVENT, event_to_dict(payload), run_id=run_id
-                )
+            elif kind == "progress":
+                await progress.asend(payload)
             elif kind == "state":
                 state = payload
         yield _checked(state)
@@ -684,19 +815,59 @@ class MoAChatModel(BaseChatModel):
         }
 
 
-def _stream_modes(progress: Any) -> dict[str, Any]:
-    """What to stream from the graph: tokens, states, and (if anyone listens) progress.
+class _Progress:
+    """Where a run's progress events go.
 
-    Progress events come from the layer subgraphs, so only a listener pays for
-    streaming them.
+    To the caller's handlers, as ``moa_progress`` custom events, and to the
+    ``custom`` stream of the LangGraph node the ensemble runs in, if any.
     """
-    return {"stream_mode": ["custom", "values"], "subgraphs": progress is not None}
+
+    def __init__(self, parent: Any, run_id: UUID | None, manager_cls: type[Any]) -> None:
+        self.run_id = run_id
+        self.manager = None
+        if parent is not None and run_id is not None and parent.handlers:
+            self.manager = manager_cls(handlers=list(parent.handlers), parent_run_id=run_id)
+        self.writer = _outer_stream_writer()
+
+    def stream_modes(self) -> dict[str, Any]:
+        """What to stream from the graph: tokens, states and, if anyone listens, progress.
+
+        Progress events come from the layer subgraphs, so only a listener pays
+        for streaming them.
+        """
+        listening = self.manager is not None or self.writer is not None
+        return {"stream_mode": ["custom", "values"], "subgraphs": listening}
+
+    def send(self, event: dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer({"moa_progress": event})
+        if self.manager is not None:
+            self.manager.on_custom_event(PROGRESS_EVENT, event, run_id=self.run_id)
+
+    async def asend(self, event: dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer({"moa_progress": event})
+        if self.manager is not None:
+            await self.manager.on_custom_event(PROGRESS_EVENT, event, run_id=self.run_id)
+
+
+def _outer_stream_writer() -> Callable[[Any], None] | None:
+    """The ``custom`` stream writer of the LangGraph node this call runs in, if any."""
+    try:
+        return get_stream_writer()
+    except (RuntimeError, KeyError):  # not inside a LangGraph node
+        return None
+
+
+def _without_event(options: RunOptions) -> RunOptions:
+    """Async runs are cancelled by task cancellation; they need no event."""
+    return replace(options, cancelled=None)
 
 
 def _classify(item: tuple[Any, ...]) -> tuple[str, Any]:
     """Sort one ``([namespace,] mode, payload)`` item of the graph's stream.
 
-    Returns ``("token", AnswerToken)``, ``("progress", event)``, ``("state",
+    Returns ``("token", AnswerToken)``, ``("progress", event dict)``, ``("state",
     state)`` for the top-level graph's state, or ``("other", payload)``.
     """
     namespace, mode, payload = item if len(item) == 3 else ((), *item)
@@ -741,19 +912,21 @@ def _token_chunk(token: AnswerToken) -> ChatGenerationChunk:
     )
 
 
-def _total_usage(records: Sequence[Proposal]) -> UsageMetadata | None:
-    total: UsageMetadata | None = None
-    for record in records:
-        if record.usage:
-            total = record.usage if total is None else add_usage(total, record.usage)
-    return total
+def _degraded(result: ChatResult) -> bool:
+    return any(g.message.response_metadata.get("degraded") for g in result.generations)
 
 
-def _progress_manager(parent: Any, run_id: UUID | None, manager_cls: type[Any]) -> Any:
-    """A manager that delivers progress events to the caller's handlers."""
-    if parent is None or run_id is None or not parent.handlers:
-        return None
-    return manager_cls(handlers=list(parent.handlers), parent_run_id=run_id)
+def _setting_identity(value: Any) -> Any:
+    """A setting as it enters the cache key: models by identity, long text hashed."""
+    if isinstance(value, Runnable):
+        return model_identity(value)
+    if isinstance(value, (list, tuple)):
+        return [_setting_identity(v) for v in value]
+    if isinstance(value, str) and len(value) > 64:
+        return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value
 
 
 async def _aiter_in_context(

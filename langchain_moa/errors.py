@@ -62,11 +62,32 @@ class AggregatorFailedError(MoAError):
     """The aggregator failed; the proposals it would have read are attached.
 
     Attributes:
-        model: Name of the aggregator model.
+        model: Name of the (last) aggregator model that failed.
         proposals: Every proposal of every layer.
+        partial_text: The part of the answer already streamed, if any.
+        failures: ``"model: error"`` of every aggregator tried, in order.
     """
 
-    def __init__(self, model: str, cause: BaseException, proposals: Sequence[Proposal]) -> None:
+    def __init__(
+        self,
+        model: str,
+        cause: BaseException,
+        proposals: Sequence[Proposal],
+        *,
+        partial_text: str | None = None,
+        failures: Sequence[tuple[str, BaseException]] = (),
+    ) -> None:
         self.model = model
         self.proposals = list(proposals)
-        super().__init__(f"aggregator {model} failed: {describe_error(cause)}")
+        self.partial_text = partial_text
+        self.failures = [f"{label}: {describe_error(error)}" for label, error in failures]
+        message = f"aggregator {model} failed: {describe_error(cause)}"
+        if partial_text is not None:
+            message += (
+                f" (after {len(partial_text)} characters of the answer had already been "
+                "streamed; they are in .partial_text)"
+            )
+        earlier = self.failures[:-1]
+        if earlier:
+            message += f"; before it: {'; '.join(earlier)}"
+        super().__init__(message)

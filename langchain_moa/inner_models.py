@@ -1,38 +1,175 @@
-"""Names and identities of the chat models inside an ensemble."""
+"""The chat models inside an ensemble: names, identities, wrappers and copies.
+
+An inner model is a ``BaseChatModel`` or a runnable wrapping one: ``.bind(...)``,
+``.with_retry()``, ``.with_config(...)``, or a configurable ``init_chat_model()``.
+Wrappers are kept: tools and arguments are bound to the chat model inside
+them, so the wrapper's own behaviour (retries, bound arguments) still applies.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Callable
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import Runnable
+from langchain_core.runnables.base import RunnableBindingBase
+
+InnerModel = Runnable
+"""A chat model, or a runnable that wraps one (``.bind``, ``.with_retry``, ...)."""
 
 
-def model_label(model: BaseChatModel) -> str:
+def chat_model_of(model: Runnable) -> BaseChatModel | None:
+    """The chat model inside ``model`` (``model`` itself if it is one)."""
+    while isinstance(model, RunnableBindingBase):
+        model = model.bound
+    if isinstance(model, BaseChatModel):
+        return model
+    return None
+
+
+def is_inner_model(value: Any) -> bool:
+    """Whether ``value`` can be a proposer or aggregator: a chat model or a wrapper.
+
+    A configurable ``init_chat_model()`` (not a chat model until called) counts.
+    """
+    if not isinstance(value, Runnable):
+        return False
+    return chat_model_of(value) is not None or hasattr(value, "bind_tools")
+
+
+def rewrap(model: Runnable, change: Callable[[Any], Runnable]) -> Runnable:
+    """Apply ``change`` to the model inside ``model``'s wrappers, keeping them.
+
+    ``change`` gets the innermost chat model (or the configurable model).
+    """
+    if isinstance(model, RunnableBindingBase):
+        return model.model_copy(update={"bound": rewrap(model.bound, change)})
+    return change(model)
+
+
+def bind_tools(model: Runnable, tools: list[dict[str, Any]], **kwargs: Any) -> Runnable:
+    """``bind_tools`` through wrappers.
+
+    Raises:
+        NotImplementedError: The model cannot take tools.
+    """
+
+    def change(inner: Any) -> Runnable:
+        if not hasattr(inner, "bind_tools"):
+            msg = f"{model_label(model)} cannot take tools (it has no bind_tools)"
+            raise NotImplementedError(msg)
+        return inner.bind_tools(tools, **kwargs)
+
+    return rewrap(model, change)
+
+
+def with_structured_output(model: Runnable, schema: Any, **kwargs: Any) -> Runnable:
+    """``with_structured_output`` through wrappers (the wrapper's retries stay outside)."""
+    if isinstance(model, RunnableBindingBase):
+        return model.model_copy(
+            update={"bound": with_structured_output(model.bound, schema, **kwargs)}
+        )
+    return model.with_structured_output(schema, **kwargs)  # type: ignore[attr-defined]
+
+
+def with_settings(model: Runnable, **updates: Any) -> Runnable:
+    """A copy of ``model`` with the inner chat model's fields ``updates`` that it has.
+
+    Fields the chat model does not have are skipped (e.g. ``stream_usage`` on a
+    model that always reports usage).
+    """
+
+    def change(inner: Any) -> Runnable:
+        if not isinstance(inner, BaseChatModel):
+            return inner
+        fields = type(inner).model_fields
+        changed = {k: v for k, v in updates.items() if k in fields and getattr(inner, k) != v}
+        return inner.model_copy(update=changed) if changed else inner
+
+    return rewrap(model, change)
+
+
+def background_copy(model: Runnable) -> Runnable | None:
+    """A copy of ``model`` with its own async HTTP client, for another event loop.
+
+    ``langchain_openai`` shares one async HTTP client among its models, bound
+    to whichever event loop uses it; the sync path's background loop must not
+    share it with the caller's loops. Returns ``None`` for models this cannot
+    be done for (they run in worker threads on the sync path).
+    """
+    inner = chat_model_of(model)
+    root = getattr(inner, "root_async_client", None)
+    if inner is None or root is None or not hasattr(root, "with_options"):
+        return None
+    private_root = root.with_options(http_client=_background_http_client())
+    updates = {"root_async_client": private_root, "async_client": private_root.chat.completions}
+    return rewrap(model, lambda m: m.model_copy(update=updates))
+
+
+_HTTP_CLIENT: Any = None
+_HTTP_CLIENT_LOCK = threading.Lock()
+
+
+def _background_http_client() -> Any:
+    """The async HTTP client of the background loop's model copies (one, made once)."""
+    global _HTTP_CLIENT
+    with _HTTP_CLIENT_LOCK:
+        if _HTTP_CLIENT is None:
+            import openai
+
+            _HTTP_CLIENT = openai.DefaultAsyncHttpxClient()
+        return _HTTP_CLIENT
+
+
+def model_label(model: Runnable) -> str:
     """Return a short human-readable name for ``model`` (e.g. ``gpt-4o-mini``).
 
     An explicit ``name=`` given to the model wins, then its model name.
     """
     if model.name:
         return model.name
+    inner = chat_model_of(model)
+    if inner is None:
+        default = getattr(model, "_default_config", None) or {}
+        configured = default.get("model") if isinstance(default, dict) else None
+        return configured if isinstance(configured, str) else type(model).__name__
+    if inner.name:
+        return inner.name
     try:
-        name = model._get_ls_params().get("ls_model_name")
+        name = inner._get_ls_params().get("ls_model_name")
     except Exception:
         name = None
-    for candidate in (
-        name,
-        getattr(model, "model_name", None),
-        getattr(model, "model", None),
-    ):
+    for candidate in (name, getattr(inner, "model_name", None), getattr(inner, "model", None)):
         if isinstance(candidate, str) and candidate:
             return candidate
-    return model._llm_type
+    return inner._llm_type
 
 
-def model_identity(model: BaseChatModel) -> str:
+def model_identity(model: Runnable) -> str:
     """Return a stable identity of ``model``'s configuration, free of secrets.
 
-    Built from the model's own cache key (``_get_llm_string``), which LangChain
-    computes without secret values, and hashed to keep traces short.
+    Built from the chat model's own cache key (``_get_llm_string``), which
+    LangChain computes without secret values, plus what its wrappers bind
+    (argument names and values; a configurable model's default settings whose
+    names do not suggest a secret), hashed to keep traces short.
     """
-    digest = hashlib.sha256(model._get_llm_string().encode()).hexdigest()[:16]
+    parts: list[str] = []
+    current: Any = model
+    while isinstance(current, RunnableBindingBase):
+        parts.append(f"{type(current).__name__}:{sorted(current.kwargs.items())!r}")
+        current = current.bound
+    if isinstance(current, BaseChatModel):
+        parts.append(current._get_llm_string())
+    else:
+        default = getattr(current, "_default_config", None) or {}
+        safe = {
+            k: v
+            for k, v in default.items()
+            if not any(word in k.lower() for word in ("key", "secret", "token", "password"))
+        }
+        parts.append(f"{type(current).__name__}:{sorted(safe.items())!r}")
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return f"{type(model).__name__}:{model_label(model)}:{digest}"

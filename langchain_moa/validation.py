@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.messages import BaseMessage, ChatMessage, HumanMessage
+
+MAX_LAYERS = 50
+"""Most layers an ensemble may have (each is a full round of model calls)."""
 
 CALL_KWARGS = frozenset(
     {
@@ -13,9 +18,19 @@ CALL_KWARGS = frozenset(
         "stop",
         "temperature",
         "max_tokens",
+        "max_completion_tokens",
         "top_p",
         "seed",
         "response_format",
+        "logprobs",
+        "top_logprobs",
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "reasoning_effort",
+        "service_tier",
+        "extra_body",
+        "user",
         # Set by bind_tools / with_structured_output.
         "tools",
         "tool_choice",
@@ -58,10 +73,11 @@ def check_conversation(messages: Sequence[BaseMessage]) -> None:
     if not messages:
         msg = "MoAChatModel got an empty message list: give at least one message"
         raise ValueError(msg)
-    if not any(isinstance(m, HumanMessage) for m in messages):
+    if not any(_from_user(m) for m in messages):
         msg = "the conversation has no user message: the proposers would have nothing to answer"
         raise ValueError(msg)
     for position, message in enumerate(messages):
+        _check_encodable(position, message)
         if isinstance(message.content, str):
             continue
         for block in message.content:
@@ -74,6 +90,24 @@ def check_conversation(messages: Sequence[BaseMessage]) -> None:
                     f"{_describe(block)}; supported types: {', '.join(sorted(CONTENT_BLOCK_TYPES))}"
                 )
                 raise ValueError(msg)
+
+
+def _from_user(message: BaseMessage) -> bool:
+    if isinstance(message, ChatMessage):
+        return message.role == "user"
+    return isinstance(message, HumanMessage)
+
+
+def _check_encodable(position: int, message: BaseMessage) -> None:
+    """Refuse text no provider can receive (lone surrogates cannot be UTF-8)."""
+    try:
+        json.dumps(message.content, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        msg = (
+            f"message {position} ({message.type}) holds text that is not valid Unicode "
+            f"(a lone surrogate at character {error.start}); it cannot be sent to a provider"
+        )
+        raise ValueError(msg) from None
 
 
 def _describe(block: Any) -> str:
@@ -99,10 +133,45 @@ def check_call_kwargs(kwargs: Mapping[str, Any], stop: Any = None) -> None:
     if unknown:
         msg = (
             f"MoAChatModel got unsupported call arguments {unknown}; per-call arguments "
-            f"(applied to the aggregator) are: {', '.join(sorted(CALL_KWARGS - {'stream'}))}"
+            f"apply to the aggregator and are: {', '.join(sorted(CALL_KWARGS - {'stream'}))} "
+            "(set temperature/max_tokens on the ensemble to apply them to every inner call)"
         )
         raise TypeError(msg)
     stop = kwargs.get("stop", stop)
     if stop is not None and (isinstance(stop, str) or not all(isinstance(s, str) for s in stop)):
         msg = f"stop must be a list of strings, got {stop!r}"
         raise TypeError(msg)
+    check_generation_arguments(kwargs)
+
+
+def _number(name: str, value: Any, *, low: float, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        noun = "an integer" if integer else "a number"
+        msg = f"{name} must be {noun}, got {value!r}"
+        raise TypeError(msg)
+    if not math.isfinite(value) or value < low:
+        msg = f"{name} must be a finite number >= {low:g}, got {value!r}"
+        raise ValueError(msg)
+
+
+def check_generation_arguments(kwargs: Mapping[str, Any]) -> None:
+    """Refuse generation arguments no provider would accept, before any call.
+
+    Raises:
+        TypeError: A value of the wrong type (``temperature="hot"``, ``seed=object()``).
+        ValueError: A value out of range (``temperature=nan``, ``max_tokens=-1``).
+    """
+    checks: dict[str, dict[str, Any]] = {
+        "temperature": {"low": 0},
+        "top_p": {"low": 0},
+        "frequency_penalty": {"low": -2},
+        "presence_penalty": {"low": -2},
+        "max_tokens": {"low": 1, "integer": True},
+        "max_completion_tokens": {"low": 1, "integer": True},
+        "top_logprobs": {"low": 0, "integer": True},
+        "seed": {"low": -(2**63), "integer": True},
+    }
+    for name, bounds in checks.items():
+        if kwargs.get(name) is not None:
+            _number(name, kwargs[name], **bounds)

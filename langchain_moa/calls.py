@@ -1,0 +1,196 @@
+"""One inner model call, as a graph node makes it: sync or async, streamed or not.
+
+Every call goes through ``resilience`` (retries, timeouts, the concurrency
+bound, cancellation). On the sync path a call runs on the background event
+loop with a copy of the model that owns its HTTP client, or, for models where
+that cannot be done, in a worker thread. A streamed answer is written to the
+graph's stream chunk by chunk; once content went out it can no longer be
+retried or handed to a fallback, and a failure then says so and keeps the
+partial text. An answer that is empty, or that ends without the provider
+saying it is complete, is a failure, not a success.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.utils import message_chunk_to_message
+from langchain_core.runnables import Runnable, RunnableConfig
+
+from langchain_moa.events import AnswerToken
+from langchain_moa.inner_models import background_copy
+from langchain_moa.resilience import CallLimits, call_async, call_in_thread, call_sync
+
+
+class EmptyAnswerError(ValueError):
+    """The provider answered with no content and no tool call."""
+
+
+class IncompleteAnswerError(ValueError):
+    """The provider's answer ended without saying it was complete (no ``finish_reason``)."""
+
+
+class StreamBrokenError(Exception):
+    """A streamed answer failed after some of it had been streamed to the caller.
+
+    Attributes:
+        error: The cause.
+        partial_text: What had been streamed.
+    """
+
+    def __init__(self, error: BaseException, partial_text: str) -> None:
+        super().__init__(
+            f"{type(error).__name__} after {len(partial_text)} characters had already been streamed"
+        )
+        self.error = error
+        self.partial_text = partial_text
+
+
+def checked_answer(answer: BaseMessage) -> BaseMessage:
+    """Return ``answer`` if it is a usable, complete answer.
+
+    Raises:
+        EmptyAnswerError: No text, no tool call, nothing parsed.
+        IncompleteAnswerError: An OpenAI-protocol answer without ``finish_reason``.
+    """
+    has_calls = isinstance(answer, AIMessage) and bool(answer.tool_calls)
+    parsed = answer.additional_kwargs.get("parsed") is not None
+    if not answer.text.strip() and not has_calls and not parsed:
+        msg = "the provider returned an empty answer (no content, no tool call)"
+        raise EmptyAnswerError(msg)
+    metadata = answer.response_metadata
+    if metadata.get("model_provider") == "openai" and not metadata.get("finish_reason"):
+        msg = "the provider's answer ended without a finish_reason (truncated?)"
+        raise IncompleteAnswerError(msg)
+    return answer
+
+
+def _visible(chunk: AIMessageChunk) -> bool:
+    return bool(chunk.content) or bool(chunk.tool_call_chunks)
+
+
+@dataclass
+class InnerCall:
+    """One model's call with its messages, config and limits.
+
+    Attributes:
+        build: Makes the runnable (tools and arguments bound) from a model.
+        model: The model as configured.
+        messages: What the model reads.
+        config: The inner run's config (name, tags, callbacks).
+        limits: Retries, timeouts, the concurrency bound, cancellation.
+        writer: Where streamed chunks go (``None``: not streamed).
+        started: When the call started (``perf_counter``).
+    """
+
+    build: Callable[[Runnable], Runnable]
+    model: Runnable
+    messages: list[BaseMessage]
+    config: RunnableConfig
+    limits: CallLimits
+    writer: Callable[[Any], None] | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def run_async(self) -> Any:
+        """The awaitable of the call on the caller's event loop."""
+        runnable = self.build(self.model)
+        return call_async(lambda: self._acall(runnable), self.limits)
+
+    def run_sync(self, background: Runnable | None) -> BaseMessage:
+        """Run the call from a sync caller.
+
+        Args:
+            background: The model's copy for the background loop, or ``None``
+                (then the call runs in a worker thread).
+        """
+        if background is not None:
+            runnable = self.build(background)
+            return call_sync(lambda: self._acall(runnable), self.limits)
+        runnable = self.build(self.model)
+        return call_in_thread(lambda: self._call(runnable), self.limits)
+
+    async def _acall(self, runnable: Runnable) -> BaseMessage:
+        if self.writer is None:
+            return checked_answer(await runnable.ainvoke(self.messages, self.config))
+        return await _aconsume(runnable.astream(self.messages, self.config), self)
+
+    def _call(self, runnable: Runnable) -> BaseMessage:
+        if self.writer is None:
+            return checked_answer(runnable.invoke(self.messages, self.config))
+        return _consume(runnable.stream(self.messages, self.config), self)
+
+    def chunk(self, total: AIMessageChunk | None, chunk: AIMessageChunk) -> AIMessageChunk:
+        """Pass one streamed chunk on; return the running total."""
+        if _visible(chunk) and self.limits.first_token is not None:
+            self.limits.first_token.set()
+        if self.limits.cancelled is not None and self.limits.cancelled.is_set():
+            msg = "the caller went away"
+            raise _Stopped(msg)
+        self.writer(AnswerToken(chunk))  # type: ignore[misc]
+        return chunk if total is None else total + chunk
+
+
+class _Stopped(Exception):
+    """The caller went away while a stream was being read."""
+
+
+def _finished(total: AIMessageChunk | None, error: BaseException | None) -> BaseMessage:
+    """The streamed answer, or the error to raise for it."""
+    streamed = total.text if total is not None and _visible(total) else ""
+    try:
+        if error is not None:
+            raise error
+        if total is None:
+            msg = "the provider's stream ended without any chunk"
+            raise EmptyAnswerError(msg)
+        return checked_answer(message_chunk_to_message(total))
+    except Exception as failure:
+        if streamed:
+            raise StreamBrokenError(failure, streamed) from failure
+        raise
+
+
+async def _aconsume(stream: AsyncIterator[AIMessageChunk], call: InnerCall) -> BaseMessage:
+    total: AIMessageChunk | None = None
+    try:
+        async for chunk in stream:
+            total = call.chunk(total, chunk)
+    except Exception as error:
+        return _finished(total, error)
+    return _finished(total, None)
+
+
+def _consume(stream: Iterator[AIMessageChunk], call: InnerCall) -> BaseMessage:
+    total: AIMessageChunk | None = None
+    try:
+        for chunk in stream:
+            total = call.chunk(total, chunk)
+    except Exception as error:
+        return _finished(total, error)
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    return _finished(total, None)
+
+
+class BackgroundModels:
+    """Each inner model's copy for the sync path's background loop, made on first use."""
+
+    def __init__(self) -> None:
+        self._copies: dict[int, tuple[Runnable, Runnable | None]] = {}
+        self._lock = threading.Lock()
+
+    def for_model(self, model: Runnable) -> Runnable | None:
+        """The copy of ``model`` with its own async client, or ``None``."""
+        with self._lock:
+            known = self._copies.get(id(model))
+            if known is None or known[0] is not model:
+                known = (model, background_copy(model))
+                self._copies[id(model)] = known
+            return known[1]
