@@ -1,8 +1,9 @@
 """Quickstart: a 3-layer MoA over HTTP against the local simulator (offline).
 
 Run: ``python examples/quickstart.py``. For real models, build the proposers and
-the aggregator with ``ChatOpenAI(model=..., base_url=...)`` instead of
-``sim.chat_model(...)``.
+the aggregator with ``ChatOpenAI(model=..., base_url=..., max_retries=0)`` instead
+of ``sim.chat_model(...)`` (which also sets ``max_retries=0``): the ensemble
+retries transient failures itself, and inner retries would multiply with its own.
 """
 
 from langchain_moa import MoAChatModel

@@ -3,12 +3,22 @@
 Model selection, first match wins:
 
 1. ``--base-url`` or ``OPENAI_BASE_URL``: any OpenAI-compatible server (vLLM,
-   Ollama, ...), with ``--proposer``/``--aggregator`` model names.
+   Ollama, ...), with ``--proposer``/``--aggregator`` model names. Without
+   ``--proposer`` the server's ``GET /models`` list supplies them (its first six
+   models propose, its first aggregates); if it cannot be read, the command
+   stops and asks for the names. Without ``--aggregator`` the first proposer
+   aggregates.
 2. ``TOGETHER_API_KEY``: the paper's line-up on Together (MoA, or MoA-Lite with
    ``--layers 2``).
 3. ``OPENAI_API_KEY``: the OpenAI line-up.
 4. Nothing configured, or ``--simulate``: the bundled simulator on loopback; the
    answer is simulated and the command says so.
+
+The question is the positional argument or, when it is ``-`` or missing and
+standard input is not a terminal, standard input. A usage error (no or an
+empty question, ``--layers 1``, a setting the ensemble refuses, a server whose
+models cannot be listed) is reported as one ``moa: error: ...`` line (argparse
+puts the usage before it for a bad argument) with exit status 2.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
+from openai import OpenAI, OpenAIError
+from pydantic import ValidationError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -29,7 +41,7 @@ from rich.text import Text
 
 from langchain_moa.chat_model import PROGRESS_EVENT, MoAChatModel
 from langchain_moa.cli_arguments import add_model_arguments
-from langchain_moa.errors import MoAError
+from langchain_moa.errors import MoAError, describe_error, redact
 from langchain_moa.presets import (
     MOA_AGGREGATOR,
     MOA_LITE_AGGREGATOR,
@@ -43,6 +55,12 @@ from langchain_moa.presets import (
 # Simulated latencies (seconds before the first token) so the progress display
 # shows layers filling in as they would with real models.
 _SIMULATED_LATENCY = (0.35, 0.6, 0.45, 0.8, 0.5, 0.7)
+
+# A custom server without --proposer: at most this many of its listed models
+# propose (the paper's line-up has six), and the listing may take this long.
+_MAX_LISTED_PROPOSERS = 6
+_LIST_TIMEOUT_S = 10.0
+_NAME_THE_MODELS = "name them with --proposer MODEL (repeatable) and --aggregator MODEL"
 
 
 class ProgressBoard(BaseCallbackHandler):
@@ -71,7 +89,8 @@ class ProgressBoard(BaseCallbackHandler):
                 tokens,
             ]
         elif kind == "aggregation_started":
-            self.aggregator = f"{data['model']} is synthesizing {data['references']} answers…"
+            answers = _count(data["references"], "answer")
+            self.aggregator = f"{data['model']} is synthesizing {answers}…"
 
     def render(self) -> Group:
         """The current state as a table."""
@@ -84,6 +103,11 @@ class ProgressBoard(BaseCallbackHandler):
         return Group(table, footer)
 
 
+def _count(number: int, noun: str) -> str:
+    """``"1 answer"``, ``"3 answers"``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moa",
@@ -93,19 +117,98 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Environment: OPENAI_BASE_URL (+ OPENAI_API_KEY) for an OpenAI-compatible "
-            "server; TOGETHER_API_KEY for the paper's line-up; OPENAI_API_KEY for OpenAI."
+            "server; TOGETHER_API_KEY for the paper's line-up; OPENAI_API_KEY for OpenAI. "
+            "With a base URL and no --proposer, the server's GET /models list supplies the "
+            f"models: its first {_MAX_LISTED_PROPOSERS} propose and its first aggregates "
+            "(unless --aggregator); if the list cannot be read, moa stops and asks for "
+            "--proposer and --aggregator. With a base URL, --proposer and no --aggregator, "
+            "the first proposer aggregates."
         ),
     )
-    parser.add_argument("question", help="the question to answer")
+    parser.add_argument(
+        "question",
+        nargs="?",
+        help="the question to answer; '-' or none: read it from standard input (piped)",
+    )
     add_model_arguments(parser, layers_default=3)
     parser.add_argument(
-        "--base-url", help="an OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)"
+        "--base-url",
+        help=(
+            "an OpenAI-compatible endpoint (default: $OPENAI_BASE_URL); without --proposer "
+            "its GET /models list supplies the models"
+        ),
     )
     parser.add_argument(
         "--simulate", action="store_true", help="use the local simulator even if keys are set"
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show live progress")
     return parser
+
+
+def _read_question(given: str | None, parser: argparse.ArgumentParser) -> str:
+    """The question: the argument, or standard input for ``-`` or none (if piped).
+
+    Raises:
+        SystemExit: Status 2 (``parser.error``) if there is no question or it is
+            empty.
+    """
+    if given is None or given == "-":
+        if given is None and (sys.stdin is None or sys.stdin.isatty()):
+            parser.error("no question: give one as an argument, or pipe it: echo QUESTION | moa")
+        given = sys.stdin.read() if sys.stdin is not None else ""
+    if not given.strip():
+        parser.error("the question is empty: give a question to answer")
+    return given.strip()
+
+
+def _one_line(error: ValueError) -> str:
+    """A refused setting as one line: pydantic's messages without its input dump."""
+    if isinstance(error, ValidationError):
+        parts = []
+        for detail in error.errors(include_url=False, include_context=False, include_input=False):
+            message = detail["msg"].removeprefix("Value error, ")
+            where = ".".join(str(part) for part in detail["loc"])
+            parts.append(f"{where}: {message}" if where else message)
+        text = "; ".join(parts)
+    else:
+        text = str(error)
+    return redact(" ".join(text.split()))
+
+
+def _served_models(base_url: str) -> list[str]:
+    """The model ids an OpenAI-compatible server lists at ``GET /models``.
+
+    Raises:
+        ValueError: The list cannot be read or is empty; the message asks for
+            ``--proposer`` and ``--aggregator``.
+    """
+    key = os.environ.get("OPENAI_API_KEY") or "EMPTY"
+    try:
+        with OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=_LIST_TIMEOUT_S) as api:
+            listed = [getattr(model, "id", None) for model in api.models.list()]
+    except OpenAIError as error:
+        reason = describe_error(error)
+    except (ValueError, TypeError, AttributeError):
+        reason = "its answer is not an OpenAI model list"
+    else:
+        ids = [name for name in listed if isinstance(name, str) and name.strip()]
+        if ids:
+            return list(dict.fromkeys(ids))
+        reason = "it lists no models"
+    msg = f"could not list the models of {base_url} at GET /models ({reason}); {_NAME_THE_MODELS}"
+    raise ValueError(msg)
+
+
+def _custom_server(
+    args: argparse.Namespace, base_url: str, settings: dict[str, Any]
+) -> tuple[MoAChatModel, str]:
+    """The ensemble on an OpenAI-compatible server, named or listed models."""
+    proposers = args.proposers or _served_models(base_url)[:_MAX_LISTED_PROPOSERS]
+    aggregator = args.aggregator or proposers[0]
+    llm = openai_compatible_moa(proposers, aggregator, base_url=base_url, **settings)
+    listed = "" if args.proposers else " (listed by its GET /models)"
+    source = f"models served by {base_url}{listed}: {', '.join(proposers)} propose, "
+    return llm, f"{source}{aggregator} aggregates"
 
 
 def _choose(args: argparse.Namespace, stack: ExitStack) -> tuple[MoAChatModel, str]:
@@ -118,10 +221,7 @@ def _choose(args: argparse.Namespace, stack: ExitStack) -> tuple[MoAChatModel, s
     lite = args.layers == 2
     base_url = None if args.simulate else args.base_url or os.environ.get("OPENAI_BASE_URL")
     if base_url:
-        proposers = args.proposers or list(OPENAI_PROPOSERS)
-        aggregator = args.aggregator or OPENAI_AGGREGATOR
-        llm = openai_compatible_moa(proposers, aggregator, base_url=base_url, **settings)
-        return llm, f"models served by {base_url}"
+        return _custom_server(args, base_url, settings)
     together = None if args.simulate else os.environ.get("TOGETHER_API_KEY")
     if together:
         proposers = args.proposers or list(PAPER_PROPOSERS)
@@ -158,24 +258,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status.
+        The exit status: 0 answered, 1 the ensemble failed, 2 a usage error.
+
+    Raises:
+        SystemExit: Status 2 from argparse for a bad argument or no question
+            (and 0 after ``--help``).
     """
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    question = _read_question(args.question, parser)
     console = Console()
     board = ProgressBoard()
     with ExitStack() as stack:
         try:
             llm, source = _choose(args, stack)
         except ValueError as error:
-            console.print(f"[red]error:[/] {error}")
+            sys.stderr.write(f"{parser.prog}: error: {_one_line(error)}\n")
             return 2
-        console.print(f"[bold]Source:[/] {source}")
+        console.print(Text.assemble(("Source:", "bold"), " ", source))
         if not args.no_progress:
             stack.enter_context(
                 Live(get_renderable=board.render, console=console, refresh_per_second=8)
             )
         try:
-            answer = llm.invoke(args.question, config={"callbacks": [board]})
+            answer = llm.invoke(question, config={"callbacks": [board]})
         except MoAError as error:
             console.print(f"[red]Mixture-of-Agents failed:[/] {error}")
             return 1

@@ -6,6 +6,7 @@
 * ``cli``: the ``moa-generate`` command (``main``).
 """
 
+from langchain_moa.generation.outputs import MixedGeneratorsError
 from langchain_moa.generation.runner import GenerationReport, agenerate
 
-__all__ = ["GenerationReport", "agenerate"]
+__all__ = ["GenerationReport", "MixedGeneratorsError", "agenerate"]

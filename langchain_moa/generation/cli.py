@@ -13,11 +13,17 @@ ensemble and writes the answers in the format the evaluator consumes:
   final answer 1, user 2).
 
 Runs are resumable: items already in the output file with a non-empty answer
-are skipped. The output is written after every item (AlpacaEval: the JSON file
-is replaced atomically; MT-Bench: one appended line), so an interruption leaves
-a valid partial file. An item that fails is listed with its error in
-``<output>.errors.jsonl`` and retried on the next run; the run goes on and the
-exit status is 1. Datasets are not bundled.
+are skipped. ``--concurrency`` workers each take a whole item (an MT-Bench
+question: turn 1, then turn 2) and write it as soon as it is answered
+(AlpacaEval: the JSON file is replaced atomically; MT-Bench: one appended
+line), so an interruption leaves a valid partial file and loses at most the
+unfinished items in flight. An item that fails is listed with its error in
+``<output>.errors.log`` (JSON lines; a name FastChat's ``model_answer/*.jsonl``
+and AlpacaEval never take for answers) and retried on the next run; the run
+goes on and the exit status is 1. Every answer records its generator
+(``generator``/``model_id`` and ``moa_line_up``: models, layers, sampling), and
+a run refuses to resume into a file another generator wrote unless
+``--allow-mixed-generators`` is given. Datasets are not bundled.
 
 Example:
     ```bash
@@ -97,8 +103,9 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="moa-generate",
         description=(
             "Answer an AlpacaEval or MT-Bench instruction set with a Mixture-of-Agents "
-            "ensemble and write the file the evaluator reads. Resumes a partial output; "
-            "failed items go to <output>.errors.jsonl and are retried on the next run."
+            "ensemble and write the file the evaluator reads. Resumes a partial output "
+            "written by the same generator; failed items go to <output>.errors.log and "
+            "are retried on the next run."
         ),
         epilog=(
             "Keys come from the environment: TOGETHER_API_KEY (together presets), "
@@ -118,10 +125,18 @@ def _build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser, layers_default=None)
     parser.add_argument("--generator-name", help="generator / model_id (default: line-up's)")
     parser.add_argument(
+        "--allow-mixed-generators",
+        action="store_true",
+        help="resume into an output file that holds another generator's answers",
+    )
+    parser.add_argument(
         "--concurrency",
         type=int,
         default=DEFAULT_CONCURRENCY,
-        help=f"ensemble calls in flight at once (default {DEFAULT_CONCURRENCY})",
+        help=(
+            "items answered at once, one ensemble call each at a time "
+            f"(default {DEFAULT_CONCURRENCY})"
+        ),
     )
     parser.add_argument("--limit", type=int, help="answer only the first N items")
     parser.add_argument(
@@ -166,7 +181,34 @@ def _model_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"temperature": args.temperature, "max_tokens": args.max_tokens}
 
 
-def _simulated(args: argparse.Namespace, stack: ExitStack) -> tuple[Runnable[Any, Any], str, str]:
+@dataclass(frozen=True)
+class ModelChoice:
+    """The ensemble of a run and how its answers are labelled.
+
+    Attributes:
+        llm: The ensemble.
+        source: Where answers come from, for the user (no secrets).
+        name: The default generator name.
+        line_up: The line-up in words (models, layers, sampling settings),
+            recorded with every answer.
+    """
+
+    llm: Runnable[Any, Any]
+    source: str
+    name: str
+    line_up: str
+
+
+def _describe(line_up: LineUp, args: argparse.Namespace, *, simulated: bool = False) -> str:
+    """The line-up in words: what makes two runs the same generator."""
+    text = (
+        f"{', '.join(line_up.proposers)} -> {line_up.aggregator}, {line_up.layers} layers, "
+        f"temperature {args.temperature:g}, max_tokens {args.max_tokens}"
+    )
+    return f"simulated: {text}" if simulated else text
+
+
+def _simulated(args: argparse.Namespace, stack: ExitStack) -> ModelChoice:
     from langchain_moa.testing import OpenAISimulator
 
     line_up = _line_up(args)
@@ -179,10 +221,15 @@ def _simulated(args: argparse.Namespace, stack: ExitStack) -> tuple[Runnable[Any
         layers=line_up.layers,
         **_model_settings(args),
     )
-    return llm, "SIMULATED answers from the local simulator", f"simulated-{line_up.name}"
+    return ModelChoice(
+        llm,
+        "SIMULATED answers from the local simulator",
+        f"simulated-{line_up.name}",
+        _describe(line_up, args, simulated=True),
+    )
 
 
-def _served(args: argparse.Namespace) -> tuple[Runnable[Any, Any], str, str]:
+def _served(args: argparse.Namespace) -> ModelChoice:
     if not (args.proposers and args.aggregator):
         msg = "--base-url needs --proposer (one or more) and --aggregator"
         raise ValueError(msg)
@@ -194,10 +241,11 @@ def _served(args: argparse.Namespace) -> tuple[Runnable[Any, Any], str, str]:
         layers=line_up.layers,
         **_model_settings(args),
     )
-    return llm, f"models served by {_display_url(args.base_url)}", line_up.name
+    source = f"models served by {_display_url(args.base_url)}"
+    return ModelChoice(llm, source, line_up.name, _describe(line_up, args))
 
 
-def _preset(args: argparse.Namespace) -> tuple[Runnable[Any, Any], str, str]:
+def _preset(args: argparse.Namespace) -> ModelChoice:
     if args.proposers or args.aggregator:
         msg = "--proposer and --aggregator need --base-url or --simulate"
         raise ValueError(msg)
@@ -206,10 +254,11 @@ def _preset(args: argparse.Namespace) -> tuple[Runnable[Any, Any], str, str]:
     if args.layers:
         settings["layers"] = args.layers
     llm = _PRESET_FACTORIES[preset](**settings)
-    return llm, f"the {preset} line-up", _line_up(args).name
+    line_up = _line_up(args)
+    return ModelChoice(llm, f"the {preset} line-up", line_up.name, _describe(line_up, args))
 
 
-def choose_model(args: argparse.Namespace, stack: ExitStack) -> tuple[Runnable[Any, Any], str, str]:
+def choose_model(args: argparse.Namespace, stack: ExitStack) -> ModelChoice:
     """Build the ensemble the arguments ask for.
 
     Args:
@@ -217,8 +266,8 @@ def choose_model(args: argparse.Namespace, stack: ExitStack) -> tuple[Runnable[A
         stack: Owns the simulator, if one is started.
 
     Returns:
-        The ensemble, a description of where answers come from (no secrets)
-        and the default generator name.
+        The ensemble, where its answers come from, its default generator name
+        and its line-up in words.
 
     Raises:
         ValueError: If the arguments contradict each other or a key is missing.
@@ -242,15 +291,15 @@ def _print_report(console: Console, report: GenerationReport) -> None:
         )
 
 
-def _generate(
-    args: argparse.Namespace, llm: Runnable[Any, Any], name: str, console: Console
-) -> GenerationReport:
+def _generate(args: argparse.Namespace, choice: ModelChoice, console: Console) -> GenerationReport:
     return asyncio.run(
         agenerate(
-            llm,
+            choice.llm,
             args.input,
             args.output,
-            generator_name=args.generator_name or name,
+            generator_name=args.generator_name or choice.name,
+            line_up=choice.line_up,
+            allow_mixed_generators=args.allow_mixed_generators,
             fmt=args.format,
             concurrency=args.concurrency,
             limit=args.limit,
@@ -267,16 +316,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        0 if every item has an answer, 1 if some failed, 2 on a usage error,
-        130 when interrupted (the answers so far are kept).
+        0 if every item has an answer, 1 if some failed, 2 on a usage error
+        (such as an output file another generator wrote), 130 when
+        interrupted (the answers so far are kept).
     """
     args = _build_parser().parse_args(argv)
     console = Console(stderr=True)
     with ExitStack() as stack:
         try:
-            llm, source, default_name = choose_model(args, stack)
-            console.print(f"[bold]Source:[/] {source}")
-            report = _generate(args, llm, default_name, console)
+            choice = choose_model(args, stack)
+            console.print(f"[bold]Source:[/] {choice.source}")
+            report = _generate(args, choice, console)
         except ValueError as error:
             console.print(f"[red]error:[/] {redact(str(error))}")
             return 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -13,10 +13,18 @@ FORMATS: tuple[Format, ...] = ("alpaca_eval", "mt_bench")
 """The instruction-set formats ``moa-generate`` reads and writes."""
 
 DEFAULT_CONCURRENCY = 4
-"""Ensemble calls in flight at once, by default."""
+"""Items answered at once (one ensemble call each at a time), by default."""
 
-ERRORS_SUFFIX = ".errors.jsonl"
-"""Appended to the output path to name the file that lists failed items."""
+ERRORS_SUFFIX = ".errors.log"
+"""Appended to the output path to name the file that lists failed items.
+
+Its lines are JSON, but the name ends in neither ``.jsonl`` nor ``.json``:
+FastChat takes every ``model_answer/*.jsonl`` file for a model's answers, and
+AlpacaEval reads ``.json`` files as model outputs.
+"""
+
+LEGACY_ERRORS_SUFFIX = ".errors.jsonl"
+"""The errors file's former suffix; such a file is removed when a run starts."""
 
 
 class InstructionSetError(ValueError):
@@ -35,7 +43,9 @@ class Job:
     """One item of an instruction set, to be answered turn by turn.
 
     Attributes:
-        key: The item's identity within the set (used to resume).
+        key: The item's identity within the set (used to resume): the
+            ``question_id`` of an MT-Bench question, the position of an
+            AlpacaEval item (instructions may repeat).
         ident: The fields that name the item in the errors file.
         turns: The user turns, asked in order; later turns see the earlier
             final answers.
@@ -138,25 +148,14 @@ def read_jsonl(path: Path, *, strict: bool) -> list[tuple[int, dict[str, Any]]]:
     return records
 
 
-def occurrence_keys(instructions: Sequence[str]) -> list[str]:
-    """Key each instruction by its text and how often it occurred before."""
-    seen: dict[str, int] = {}
-    keys = []
-    for text in instructions:
-        seen[text] = seen.get(text, 0) + 1
-        keys.append(f"{seen[text]}:{text}")
-    return keys
-
-
 def _alpaca_jobs(items: list[dict[str, Any]]) -> list[Job]:
     for index, item in enumerate(items):
         if not isinstance(item.get("instruction"), str) or not item["instruction"].strip():
             msg = f"AlpacaEval item {index} has no 'instruction' text"
             raise InstructionSetError(msg)
-    keys = occurrence_keys([item["instruction"] for item in items])
     return [
-        Job(key=key, ident=_alpaca_ident(item), turns=(item["instruction"],), item=item)
-        for key, item in zip(keys, items, strict=True)
+        Job(key=f"#{index}", ident=_alpaca_ident(item), turns=(item["instruction"],), item=item)
+        for index, item in enumerate(items)
     ]
 
 

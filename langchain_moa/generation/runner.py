@@ -15,29 +15,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from langchain_moa.generation.instructions import (
     DEFAULT_CONCURRENCY,
-    ERRORS_SUFFIX,
     EmptyAnswerError,
     Format,
     Job,
     detect_format,
     load_jobs,
 )
-from langchain_moa.generation.outputs import ErrorLog, OutputStore, open_store
+from langchain_moa.generation.outputs import ErrorLog, Generator, OutputStore, open_store
 
 
 def _answer_text(reply: Any) -> str:
     return reply.text if isinstance(reply, BaseMessage) else str(reply)
 
 
-async def answer_turns(
-    llm: Runnable[Any, Any], turns: Sequence[str], semaphore: asyncio.Semaphore
-) -> list[str]:
+async def answer_turns(llm: Runnable[Any, Any], turns: Sequence[str]) -> list[str]:
     """Ask the user turns in order, each with the conversation so far.
 
     Args:
         llm: The ensemble (any chat model or runnable taking messages).
         turns: The user turns.
-        semaphore: Bounds the calls in flight.
 
     Returns:
         One final answer per turn.
@@ -49,9 +45,7 @@ async def answer_turns(
     answers: list[str] = []
     for turn in turns:
         messages.append(HumanMessage(turn))
-        async with semaphore:
-            reply = await llm.ainvoke(messages)
-        text = _answer_text(reply)
+        text = _answer_text(await llm.ainvoke(messages))
         if not text.strip():
             msg = f"the answer to turn {len(answers) + 1} is empty"
             raise EmptyAnswerError(msg)
@@ -60,16 +54,10 @@ async def answer_turns(
     return answers
 
 
-async def _run_job(
-    job: Job,
-    llm: Runnable[Any, Any],
-    semaphore: asyncio.Semaphore,
-    store: OutputStore,
-    errors: ErrorLog,
-) -> bool:
+async def _run_job(job: Job, llm: Runnable[Any, Any], store: OutputStore, errors: ErrorLog) -> bool:
     """Answer one job and save it, or record why it failed; never raises."""
     try:
-        answers = await answer_turns(llm, job.turns, semaphore)
+        answers = await answer_turns(llm, job.turns)
     except Exception as error:  # one item failing must not end the run
         errors.add(job, error)
         return False
@@ -124,16 +112,29 @@ async def _run_jobs(
     concurrency: int,
     on_done: Callable[[], None],
 ) -> int:
-    """Answer the jobs concurrently; return how many succeeded."""
-    semaphore = asyncio.Semaphore(concurrency)
+    """Answer the jobs with ``concurrency`` workers; return how many succeeded.
 
-    async def one(job: Job) -> bool:
-        ok = await _run_job(job, llm, semaphore, store, errors)
-        on_done()
-        return ok
+    The unit of work is a whole job: a worker asks all turns of one item, saves
+    it, then takes the next item in order. So at most ``concurrency`` ensemble
+    calls are in flight, and an interruption loses at most the unfinished
+    turns of ``concurrency`` items.
+    """
+    queue = iter(jobs)
 
-    results = await asyncio.gather(*(one(job) for job in jobs))
-    return sum(results)
+    async def worker() -> int:
+        succeeded = 0
+        for job in queue:  # the workers share the iterator: each job is taken once
+            succeeded += await _run_job(job, llm, store, errors)
+            on_done()
+        return succeeded
+
+    workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(jobs)))]
+    try:
+        return sum(await asyncio.gather(*workers))
+    finally:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
 
 
 async def agenerate(
@@ -142,6 +143,8 @@ async def agenerate(
     output_path: Path,
     *,
     generator_name: str,
+    line_up: str | None = None,
+    allow_mixed_generators: bool = False,
     fmt: Format | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     limit: int | None = None,
@@ -155,8 +158,14 @@ async def agenerate(
         input_path: The AlpacaEval JSON or MT-Bench question JSONL file.
         output_path: The output file; a partial one is resumed.
         generator_name: AlpacaEval ``generator`` / MT-Bench ``model_id``.
+        line_up: What the ensemble is, in words (models, layers, sampling);
+            written with every answer as ``moa_line_up`` and compared on
+            resume. ``None``: only ``generator_name`` is compared.
+        allow_mixed_generators: Resume into an output file that holds answers
+            by another generator (name or line-up) instead of refusing.
         fmt: The format; detected from the content when ``None``.
-        concurrency: Ensemble calls in flight at once.
+        concurrency: Items in flight at once, each asked one turn at a time
+            (so also the ensemble calls in flight at once).
         limit: Answer only the first ``limit`` items.
         show_progress: Whether to show a progress bar.
         console: Where the progress bar goes.
@@ -166,6 +175,8 @@ async def agenerate(
 
     Raises:
         InstructionSetError: If the input or a partial output cannot be read.
+        MixedGeneratorsError: If the output file holds another generator's
+            answers and ``allow_mixed_generators`` is false.
         ValueError: If ``concurrency`` is below 1 or ``limit`` below 0.
     """
     if concurrency < 1:
@@ -178,9 +189,10 @@ async def agenerate(
     every_job = load_jobs(input_path, fmt)
     jobs = every_job[:limit]
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    store = open_store(fmt, output_path, every_job, generator_name)
+    generator = Generator(generator_name, line_up)
+    store = open_store(fmt, output_path, every_job, generator, allow_mixed=allow_mixed_generators)
     pending = store.pending(jobs)
-    errors = ErrorLog(output_path.with_name(output_path.name + ERRORS_SUFFIX))
+    errors = ErrorLog(output_path)
     with _progress(console, show=show_progress) as progress:
         task = progress.add_task(f"{fmt} → {output_path.name}", total=len(pending), failed=0)
 

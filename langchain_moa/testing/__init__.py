@@ -4,8 +4,10 @@
 tools, structured output, usage) and ``/v1/models`` over real HTTP on a
 loopback port, answering deterministically, so that ``langchain_openai``'s
 ``ChatOpenAI`` works end to end without internet access. Per-model latency and
-faults (errors, rate limits, random failures, hangs, malformed bodies) are set
-with :class:`ModelBehavior`.
+faults (errors, rate limits, random failures, hangs, malformed bodies, error
+messages that echo the API key, null content, empty ``choices``, streams that
+break off or stall after some tokens, missing ``finish_reason``) are set with
+:class:`ModelBehavior`.
 
 Example:
     ```python

@@ -429,12 +429,24 @@ def parse_references(system_text: str) -> list[str]:
     followed by ``"\n1. "``. Reference ``i`` starts after ``"\n{i}. "`` and ends
     where ``"\n{i+1}. "`` starts; the last one runs to the end of the text.
 
+    The opt-in delimited format of :func:`langchain_moa.prompts.format_references`
+    is read too, when its first fence comes before any such block: each
+    reference is the text between ``<reference-{nonce} id="{i}">`` plus a
+    newline and a newline plus ``</reference-{nonce}>``, the nonce being the
+    one of the fence with ``id="1"`` (a ``truncated`` attribute is ignored).
+
     Args:
         system_text: The text of a system message.
 
     Returns:
         The reference texts in order (``[]`` without a reference block).
     """
+    fence = re.search(r'<reference-([0-9a-f]{8,}) id="1"(?: truncated="\d+")?>\n', system_text)
+    paper = system_text.find(f"{REFERENCES_MARKER}\n1. ")
+    if fence is not None and (paper < 0 or fence.start() < paper):
+        nonce = fence.group(1)
+        pattern = rf'<reference-{nonce} id="\d+"(?: truncated="\d+")?>\n(.*?)\n</reference-{nonce}>'
+        return re.findall(pattern, system_text[fence.start() :], flags=re.DOTALL)
     start = 0
     while True:
         at = system_text.find(REFERENCES_MARKER, start)

@@ -2,8 +2,9 @@
 
 A :class:`ModelBehavior` tells :class:`~langchain_moa.testing.OpenAISimulator`
 how to treat the requests for one model name: how slowly to answer, whether and
-how often to fail, whether to hang or to answer garbage. Models without a
-configured behaviour answer at once and never fail.
+how often to fail, whether to hang, to answer garbage or an empty answer, or
+to break off a stream. Models without a configured behaviour answer at once
+and never fail.
 """
 
 from __future__ import annotations
@@ -37,6 +38,27 @@ def _check_seconds(name: str, value: float | None) -> None:
         raise ValueError(msg)
 
 
+def _check_count(name: str, value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"{name} must be an int number of tokens or None, got {value!r}"
+        raise TypeError(msg)
+    if value < 0:
+        msg = f"{name} must be >= 0, got {value}"
+        raise ValueError(msg)
+
+
+_BOOL_KNOBS = ("hang", "malformed", "echo_key", "null_content", "empty_choices", "no_finish_reason")
+_EXCLUSIVE_KNOBS = (
+    "malformed",
+    "null_content",
+    "empty_choices",
+    "die_after_tokens",
+    "hang_after_tokens",
+)
+
+
 @dataclass(frozen=True)
 class ModelBehavior:
     """How the simulator answers the requests for one model name.
@@ -47,9 +69,19 @@ class ModelBehavior:
     1. ``hang``: never answer.
     2. ``first_token_latency``: wait (this applies to error answers too).
     3. ``fail_first``, then ``error_status``, then ``failure_rate``: answer
-       with an OpenAI-style error.
+       with an OpenAI-style error (whose message carries the caller's API key
+       with ``echo_key``).
     4. ``malformed``: answer 200 with a body that is not valid JSON.
-    5. Otherwise answer normally, spending ``token_delay`` per token.
+    5. ``die_after_tokens`` / ``hang_after_tokens``: a non-streaming request
+       gets its connection dropped / is never answered; a streaming request
+       gets that many tokens (``token_delay`` apart), then the connection is
+       dropped / left open without another byte.
+    6. Otherwise answer normally, spending ``token_delay`` per token, with the
+       answer shaped by ``null_content``, ``empty_choices`` and
+       ``no_finish_reason``.
+
+    At most one of ``malformed``, ``null_content``, ``empty_choices``,
+    ``die_after_tokens`` and ``hang_after_tokens`` may be set.
 
     Attributes:
         first_token_latency: Seconds to wait before the first streamed chunk
@@ -74,6 +106,38 @@ class ModelBehavior:
         fail_first: The first ``fail_first`` requests for the model (counted
             from when the behaviour was set) fail with ``failure_status``;
             later ones succeed. Handy for retry tests.
+        echo_key: Every error answer of the model (``fail_first``,
+            ``error_status``, ``failure_rate``) has the message ``"Incorrect
+            API key provided: <key>. You can find your API key at
+            https://platform.openai.com/account/api-keys. (<reason>)"``, with
+            the whole, unmasked key of the request's ``Authorization: Bearer``
+            header (``""`` without one), as real providers do. Combine it with
+            ``error_status=401`` for an authentication error. The key is only
+            echoed into that response body, never logged or stored.
+        null_content: Answer successfully but with ``"content": null`` and
+            ``finish_reason`` ``"stop"`` (usage is still reported). A streaming
+            answer sends no content deltas at all: a role chunk, a finish
+            chunk, the usage chunk if asked for, then ``[DONE]``. Tool-call
+            answers are unaffected (their content is null anyway).
+        empty_choices: Answer successfully but with ``"choices": []`` (usage
+            is still reported). A streaming answer sends one chunk per token,
+            each with empty ``choices``, the usage chunk if asked for, then
+            ``[DONE]``.
+        die_after_tokens: Streaming: after this many tokens (all of them when
+            the answer is shorter, but never the ``finish_reason``), close the
+            connection abruptly: no finish chunk, no usage chunk, no
+            ``[DONE]``, and an unterminated chunked body, so the client sees a
+            broken stream. Non-streaming: close the connection without any
+            response.
+        hang_after_tokens: Streaming: after this many tokens (all of them
+            when the answer is shorter, but never the ``finish_reason``), send
+            nothing more and keep the connection open until the client
+            disconnects or the simulator stops (then the connection is
+            dropped). Non-streaming: the same as ``hang``.
+        no_finish_reason: No ``finish_reason`` anywhere: a streaming answer
+            ends normally with ``[DONE]`` but every chunk has
+            ``finish_reason: null``; a non-streaming answer has
+            ``finish_reason: null``.
     """
 
     first_token_latency: float = 0.0
@@ -86,6 +150,12 @@ class ModelBehavior:
     hang: bool = False
     malformed: bool = False
     fail_first: int = 0
+    echo_key: bool = False
+    null_content: bool = False
+    empty_choices: bool = False
+    die_after_tokens: int | None = None
+    hang_after_tokens: int | None = None
+    no_finish_reason: bool = False
 
     def __post_init__(self) -> None:
         """Validate the knobs.
@@ -113,10 +183,20 @@ class ModelBehavior:
         if self.fail_first < 0:
             msg = f"fail_first must be >= 0, got {self.fail_first}"
             raise ValueError(msg)
-        for name in ("hang", "malformed"):
+        _check_count("die_after_tokens", self.die_after_tokens)
+        _check_count("hang_after_tokens", self.hang_after_tokens)
+        for name in _BOOL_KNOBS:
             if not isinstance(getattr(self, name), bool):
                 msg = f"{name} must be a bool, got {getattr(self, name)!r}"
                 raise TypeError(msg)
+        shapes = [
+            name
+            for name in _EXCLUSIVE_KNOBS
+            if getattr(self, name) is not None and getattr(self, name) is not False
+        ]
+        if len(shapes) > 1:
+            msg = f"{' and '.join(shapes)} cannot be combined: set at most one of them"
+            raise ValueError(msg)
 
     @classmethod
     def from_dict(cls, knobs: Mapping[str, Any]) -> ModelBehavior:

@@ -9,7 +9,8 @@ end without any network access. The answers are described in
 :class:`~langchain_moa.testing.behavior.ModelBehavior`.
 
 The simulator only ever listens on a loopback address. It never logs or stores
-request headers (in particular ``Authorization``).
+request headers (in particular ``Authorization``); the ``echo_key`` knob only
+echoes the caller's key into the error body of that same request.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ _SHUTDOWN_TIMEOUT = 10.0
 _HANDLER_SHUTDOWN_GRACE = 0.25
 _MAX_BODY_BYTES = 64 * 1024 * 1024
 _POLL_SECONDS = 0.05
+
+_KEY_HELP_URL = "https://platform.openai.com/account/api-keys"
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -122,6 +125,82 @@ def _as_behavior(value: ModelBehavior | Mapping[str, Any]) -> ModelBehavior:
     if isinstance(value, ModelBehavior):
         return value
     return ModelBehavior.from_dict(value)
+
+
+def _echo_key_message(request: web.Request, reason: str) -> str:
+    """Build a provider-style error message that leaks the caller's API key.
+
+    The key is read from the ``Authorization: Bearer <key>`` header (the whole
+    header value for another scheme, ``""`` without one) and only ever put
+    into the message returned here: it is neither logged nor stored.
+    """
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() == "bearer":
+        header = key.strip()
+    return (
+        f"Incorrect API key provided: {header}. You can find your API key at "
+        f"{_KEY_HELP_URL}. ({reason})"
+    )
+
+
+def _shape_completion(
+    response: dict[str, Any], turn: SimulatedTurn, behavior: ModelBehavior
+) -> dict[str, Any]:
+    """Apply ``empty_choices``, ``null_content`` and ``no_finish_reason``."""
+    if behavior.empty_choices:
+        response["choices"] = []
+        return response
+    choice = response["choices"][0]
+    if behavior.null_content and turn.tool_call is None:
+        choice["message"]["content"] = None
+        choice["finish_reason"] = "stop"
+    if behavior.no_finish_reason:
+        choice["finish_reason"] = None
+    return response
+
+
+def _null_content_chunks(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Replace the token chunks by a content-less role chunk and a finish chunk."""
+    role = copy.deepcopy(chunks[0])
+    role["choices"][0].update(delta={"role": "assistant", "content": None}, finish_reason=None)
+    finish = copy.deepcopy(chunks[0])
+    finish["choices"][0].update(delta={}, finish_reason="stop")
+    return [role, finish, *(chunk for chunk in chunks if not chunk["choices"])]
+
+
+def _shape_stream(
+    chunks: list[dict[str, Any]], turn: SimulatedTurn, behavior: ModelBehavior
+) -> list[dict[str, Any]]:
+    """Apply ``null_content``, ``empty_choices`` and ``no_finish_reason``."""
+    if behavior.null_content and turn.tool_call is None:
+        chunks = _null_content_chunks(chunks)
+    for chunk in chunks:
+        if behavior.empty_choices:
+            chunk["choices"] = []
+        if behavior.no_finish_reason:
+            for choice in chunk["choices"]:
+                choice["finish_reason"] = None
+    return chunks
+
+
+def _token_chunks(chunks: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Return the first ``limit`` token chunks, none carrying a ``finish_reason``."""
+    tokens = [chunk for chunk in chunks if chunk["choices"]][:limit]
+    for chunk in tokens:
+        chunk["choices"][0]["finish_reason"] = None
+    return tokens
+
+
+def _drop_connection(request: web.Request) -> None:
+    """Close the connection at once: no further byte reaches the client.
+
+    Data already written is still flushed, but a chunked body is left
+    unterminated, so the client sees a broken response.
+    """
+    transport = request.transport
+    if transport is not None:
+        transport.close()
 
 
 class OpenAISimulator:
@@ -594,19 +673,16 @@ class OpenAISimulator:
         if behavior.first_token_latency:
             await asyncio.sleep(behavior.first_token_latency)
         if failure is not None:
+            if behavior.echo_key:
+                message = _echo_key_message(request, message)
             return self._error(failure, message, retry_after=behavior.retry_after)
         turn = simulate(body)
         response_id = f"chatcmpl-{request_digest(body)[:24]}"
         created = int(time.time())
-        streaming = bool(body.get("stream"))
         if behavior.malformed:
-            return await self._malformed(request, turn, response_id, streaming)
-        if not streaming:
-            if behavior.token_delay:
-                await asyncio.sleep(behavior.token_delay * turn.completion_tokens)
-            return web.json_response(
-                completion_response(turn, response_id=response_id, created=created)
-            )
+            return await self._malformed(request, turn, response_id, bool(body.get("stream")))
+        if not body.get("stream"):
+            return await self._complete(request, behavior, turn, response_id, created)
         options = body.get("stream_options") or {}
         chunks = stream_chunks(
             turn,
@@ -614,15 +690,66 @@ class OpenAISimulator:
             created=created,
             include_usage=bool(options.get("include_usage")),
         )
+        if behavior.die_after_tokens is not None or behavior.hang_after_tokens is not None:
+            return await self._broken_stream(request, behavior, chunks)
         response = await self._open_stream(request)
         with contextlib.suppress(ConnectionError):
-            for index, chunk in enumerate(chunks):
-                if index and chunk["choices"] and behavior.token_delay:
-                    await asyncio.sleep(behavior.token_delay)
-                await response.write(self._event(chunk))
+            await self._write_chunks(response, _shape_stream(chunks, turn, behavior), behavior)
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
         return response
+
+    async def _complete(
+        self,
+        request: web.Request,
+        behavior: ModelBehavior,
+        turn: SimulatedTurn,
+        response_id: str,
+        created: int,
+    ) -> web.StreamResponse:
+        """Answer a non-streaming request."""
+        if behavior.die_after_tokens is not None:
+            _drop_connection(request)
+            # Never sent: aiohttp finds the connection closed and gives up.
+            return web.Response(status=204)
+        if behavior.hang_after_tokens is not None:
+            await self._wait_until_gone(request)
+            return self._error(503, f"simulated hang of model {turn.model!r} ended")
+        if behavior.token_delay:
+            await asyncio.sleep(behavior.token_delay * turn.completion_tokens)
+        response = completion_response(turn, response_id=response_id, created=created)
+        return web.json_response(_shape_completion(response, turn, behavior))
+
+    async def _broken_stream(
+        self,
+        request: web.Request,
+        behavior: ModelBehavior,
+        chunks: list[dict[str, Any]],
+    ) -> web.StreamResponse:
+        """Stream the first tokens, then drop the connection or fall silent."""
+        if behavior.die_after_tokens is not None:
+            limit = behavior.die_after_tokens
+        else:
+            limit = behavior.hang_after_tokens or 0
+        response = await self._open_stream(request)
+        with contextlib.suppress(ConnectionError):
+            await self._write_chunks(response, _token_chunks(chunks, limit), behavior)
+            if behavior.hang_after_tokens is not None:
+                await self._wait_until_gone(request)
+        _drop_connection(request)
+        return response
+
+    async def _write_chunks(
+        self,
+        response: web.StreamResponse,
+        chunks: Sequence[Mapping[str, Any]],
+        behavior: ModelBehavior,
+    ) -> None:
+        """Send chunks as events, ``token_delay`` apart (not before the usage chunk)."""
+        for index, chunk in enumerate(chunks):
+            if index and behavior.token_delay and chunk.get("usage") is None:
+                await asyncio.sleep(behavior.token_delay)
+            await response.write(self._event(chunk))
 
     @staticmethod
     def _event(chunk: Mapping[str, Any]) -> bytes:
@@ -638,6 +765,7 @@ class OpenAISimulator:
             },
         )
         await response.prepare(request)
+        await response.write(b"")  # send the headers now, before any event
         return response
 
     async def _malformed(

@@ -7,6 +7,10 @@ behaviours and recorded requests between tests.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +94,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def errors_path(output: Path) -> Path:
-    return output.with_name(output.name + ".errors.jsonl")
+    return output.with_name(output.name + ".errors.log")
+
+
+def one_line(text: str) -> str:
+    """The text with the console's line wrapping undone."""
+    return " ".join(text.split())
 
 
 # -- formats -------------------------------------------------------------------
@@ -210,6 +219,7 @@ def test_failed_items_are_recorded_and_retried(
     assert all("simulated failure" in f["error"] for f in failed)
     assert all(f["error"].startswith("AggregatorFailedError") for f in failed)
     assert all("dataset" in f for f in failed)
+    assert not errors_path(output).name.endswith((".json", ".jsonl"))
     before = len(openai_simulator.requests_for("gr-agg"))
     before_proposer = len(openai_simulator.requests_for("gr-p1"))
 
@@ -230,13 +240,14 @@ def test_resume_keeps_finished_alpaca_outputs(
     source = write_alpaca(tmp_path / "alpaca_eval.json")
     output = tmp_path / "outputs.json"
     partial = [
-        {"instruction": INSTRUCTIONS[0], "output": "kept 0", "generator": "earlier"},
-        {"instruction": INSTRUCTIONS[3], "output": "kept 3", "generator": "earlier"},
-        {"instruction": INSTRUCTIONS[1], "output": "", "generator": "earlier"},
+        {"instruction": INSTRUCTIONS[0], "output": "kept 0", "generator": "gk-moa"},
+        {"instruction": INSTRUCTIONS[3], "output": "kept 3", "generator": "gk-moa"},
+        {"instruction": INSTRUCTIONS[1], "output": "", "generator": "earlier"},  # not an answer
     ]
     output.write_text(json.dumps(partial), encoding="utf-8")
+    args = [str(source), "-o", str(output), "--generator-name", "gk-moa"]
 
-    assert main([str(source), "-o", str(output), *line_up(openai_simulator, "gk")]) == 0
+    assert main([*args, *line_up(openai_simulator, "gk")]) == 0
 
     asked = sorted(last_user_text(r) for r in openai_simulator.requests_for("gk-agg"))
     assert asked == sorted([INSTRUCTIONS[1], INSTRUCTIONS[2], INSTRUCTIONS[4]])
@@ -255,7 +266,7 @@ def test_resume_mt_bench_after_an_interrupted_write(
     finished = {
         "question_id": 101,
         "answer_id": "a1",
-        "model_id": "earlier",
+        "model_id": "gi-moa",
         "choices": [{"index": 0, "turns": ["one", "two"]}],
         "tstamp": 1.0,
     }
@@ -269,7 +280,9 @@ def test_resume_mt_bench_after_an_interrupted_write(
         encoding="utf-8",
     )
 
-    assert main([str(source), "-o", str(output), *line_up(openai_simulator, "gi")]) == 0
+    args = [str(source), "-o", str(output), "--generator-name", "gi-moa"]
+
+    assert main([*args, *line_up(openai_simulator, "gi")]) == 0
 
     first_turns = {last_user_text(r) for r in openai_simulator.requests_for("gi-agg")}
     assert QUESTIONS[1]["turns"][0] not in first_turns  # question 101 was not asked again
@@ -278,6 +291,181 @@ def test_resume_mt_bench_after_an_interrupted_write(
     assert [a["question_id"] for a in answers] == [81, 101, 111]
     assert answers[1] == finished
     assert answers[0]["choices"][0]["turns"] == [expected("gi", t) for t in QUESTIONS[0]["turns"]]
+
+
+def test_resume_with_repeated_instructions(
+    openai_simulator: OpenAISimulator, tmp_path: Path
+) -> None:
+    joke = "Tell me a joke."
+    items = [
+        {"instruction": joke, "output": "", "generator": "ref", "dataset": "set-a"},
+        {"instruction": INSTRUCTIONS[0], "output": "", "generator": "ref", "dataset": "set-b"},
+        {"instruction": joke, "output": "", "generator": "ref", "dataset": "set-c"},
+    ]
+    source = tmp_path / "alpaca_eval.json"
+    source.write_text(json.dumps(items), encoding="utf-8")
+    output = tmp_path / "outputs.json"
+    args = [str(source), "-o", str(output), "--concurrency", "1", *line_up(openai_simulator, "gd")]
+    # The first item (the first of the two jokes) fails; the second joke is answered.
+    openai_simulator.set_behavior("gd-agg", ModelBehavior(fail_first=1, failure_status=400))
+
+    assert main(args) == 1
+
+    assert [r["dataset"] for r in json.loads(output.read_text(encoding="utf-8"))] == [
+        "set-b",
+        "set-c",
+    ]
+    before = len(openai_simulator.requests_for("gd-agg"))
+
+    assert main(args) == 0
+
+    assert len(openai_simulator.requests_for("gd-agg")) - before == 1  # only the failed joke
+    records = json.loads(output.read_text(encoding="utf-8"))
+    assert [r["dataset"] for r in records] == ["set-a", "set-b", "set-c"]
+    assert [r["output"] for r in records] == [expected("gd", item["instruction"]) for item in items]
+
+
+def mt_bench_questions(count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "question_id": number,
+            "category": "writing",
+            "turns": [f"Question {number}, first turn?", f"Question {number}, second turn?"],
+        }
+        for number in range(1, count + 1)
+    ]
+
+
+def test_interrupted_mt_bench_run_keeps_finished_questions(
+    openai_simulator: OpenAISimulator, tmp_path: Path
+) -> None:
+    questions = mt_bench_questions(8)
+    source = tmp_path / "question.jsonl"
+    source.write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
+    output = tmp_path / "model_answer" / "gx-moa.jsonl"
+    args = [str(source), "-o", str(output), "--concurrency", "2", "--generator-name", "gx-moa"]
+    args += line_up(openai_simulator, "gx")
+    openai_simulator.set_behavior("gx-agg", ModelBehavior(first_token_latency=0.1))
+    run = subprocess.Popen(  # Ctrl-C is a SIGINT to the command
+        [sys.executable, "-m", "langchain_moa.generate", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # Half the calls made: with two workers, at least two questions are finished.
+        while len(openai_simulator.requests_for("gx-agg")) < 8 and run.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+
+    assert run.returncode == 130, stderr.decode()
+    asked = len(openai_simulator.requests_for("gx-agg"))
+    written = read_jsonl(output) if output.exists() else []
+    # Every written question is whole; at most one question per worker was lost.
+    assert len(written) >= 2
+    assert 2 * len(written) <= asked <= 2 * len(written) + 2 * 2
+    by_id = {q["question_id"]: q for q in questions}
+    for answer in written:
+        turns = by_id[answer["question_id"]]["turns"]
+        assert answer["choices"][0]["turns"] == [expected("gx", turn) for turn in turns]
+
+    assert main(args) == 0
+
+    resumed = openai_simulator.requests_for("gx-agg")[asked:]
+    assert len(resumed) == 2 * (len(questions) - len(written))
+    done_turns = {turn for answer in written for turn in by_id[answer["question_id"]]["turns"]}
+    assert not done_turns & {last_user_text(r) for r in resumed}  # no finished question again
+    answers = read_jsonl(output)
+    assert [a["question_id"] for a in answers] == list(by_id)
+    for answer in answers:
+        turns = by_id[answer["question_id"]]["turns"]
+        assert answer["choices"][0]["turns"] == [expected("gx", turn) for turn in turns]
+        assert answer["model_id"] == "gx-moa"
+
+
+def test_errors_file_is_never_taken_for_answers(
+    openai_simulator: OpenAISimulator, tmp_path: Path
+) -> None:
+    source = write_mt_bench(tmp_path / "question.jsonl")
+    answer_dir = tmp_path / "model_answer"
+    answer_dir.mkdir()
+    output = answer_dir / "ge-moa.jsonl"
+    legacy = answer_dir / "ge-moa.jsonl.errors.jsonl"  # left by an earlier version
+    legacy.write_text('{"question_id": 81, "error": "old"}\n', encoding="utf-8")
+    args = [str(source), "-o", str(output), "--concurrency", "1", *line_up(openai_simulator, "ge")]
+    openai_simulator.set_behavior("ge-agg", ModelBehavior(fail_first=1, failure_status=400))
+
+    assert main(args) == 1
+
+    # FastChat reads every model_answer/*.jsonl as a model's answers; AlpacaEval reads .json.
+    assert sorted(path.name for path in answer_dir.glob("*.jsonl")) == ["ge-moa.jsonl"]
+    assert not list(answer_dir.glob("*.json"))
+    (failed,) = read_jsonl(errors_path(output))
+    assert failed["question_id"] == 81
+    assert [a["question_id"] for a in read_jsonl(output)] == [101, 111]
+
+    assert main(args) == 0
+
+    assert sorted(path.name for path in answer_dir.iterdir()) == ["ge-moa.jsonl"]
+
+
+@pytest.mark.parametrize("fmt", ["alpaca_eval", "mt_bench"])
+def test_resume_refuses_another_generator(
+    openai_simulator: OpenAISimulator,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    fmt: str,
+) -> None:
+    tag = "gg" if fmt == "alpaca_eval" else "gq"
+    other = f"{tag}x"
+    if fmt == "alpaca_eval":
+        source = write_alpaca(tmp_path / "alpaca_eval.json", INSTRUCTIONS[:3])
+        output = tmp_path / "outputs.json"
+    else:
+        source = write_mt_bench(tmp_path / "question.jsonl")
+        output = tmp_path / "answers.jsonl"
+    args = [str(source), "-o", str(output)]
+
+    assert main([*args, "--limit", "1", *line_up(openai_simulator, tag)]) == 0
+
+    written = output.read_text(encoding="utf-8")
+    field = "generator" if fmt == "alpaca_eval" else "model_id"
+    (first,) = read_jsonl(output) if fmt == "mt_bench" else json.loads(written)
+    assert first[field] == f"moa-2l-{tag}-agg"
+    line_up_text = f"{tag}-p1, {tag}-p2 -> {tag}-agg, 2 layers, temperature 0.7, max_tokens 2048"
+    assert first["moa_line_up"] == line_up_text
+    capsys.readouterr()
+
+    # Another line-up, another default name: refused, nothing asked, the file as it was.
+    assert main([*args, *line_up(openai_simulator, other)]) == 2
+
+    error = one_line(capsys.readouterr().err)
+    assert f"moa-2l-{tag}-agg" in error
+    assert f"moa-2l-{other}-agg" in error
+    assert "--allow-mixed-generators" in error
+    assert not openai_simulator.requests_for(f"{other}-agg")
+    assert output.read_text(encoding="utf-8") == written
+
+    # The same name given to another line-up: refused too, naming both line-ups.
+    named = [*args, "--generator-name", f"moa-2l-{tag}-agg", *line_up(openai_simulator, other)]
+    assert main(named) == 2
+
+    error = one_line(capsys.readouterr().err)
+    assert line_up_text in error
+    assert f"{other}-p1, {other}-p2 -> {other}-agg" in error
+    assert output.read_text(encoding="utf-8") == written
+
+    # Asked for explicitly, the run adds the other line-up's answers.
+    assert main([*named, "--allow-mixed-generators"]) == 0
+
+    records = read_jsonl(output) if fmt == "mt_bench" else json.loads(output.read_text("utf-8"))
+    assert records[0] == first
+    assert len(records) == 3
+    assert all(r["moa_line_up"].startswith(f"{other}-p1") for r in records[1:])
 
 
 # -- limits and secrets --------------------------------------------------------

@@ -19,13 +19,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessageChunk,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
@@ -507,6 +514,263 @@ def test_behaviors_from_constructor_and_removal() -> None:
         sim.set_behavior("m-x", None)
         assert httpx.post(url, json=_chat_body("m-x", "x")).status_code == 200
         assert "m-x" not in sim.behaviors
+
+
+# ---------------------------------------------------------------------------
+# Hostile-provider knobs
+# ---------------------------------------------------------------------------
+
+_SECRET_KEY = "sk-sim-echo-0123456789abcdefXYZ"
+
+
+def _stream_events(response: httpx.Response) -> list[str]:
+    """The ``data:`` payloads of an SSE response read so far (``[DONE]`` included)."""
+    return [line.removeprefix("data: ") for line in response.iter_lines() if line]
+
+
+def _read_events_until_error(
+    url: str, body: dict[str, Any], timeout: httpx.Timeout
+) -> tuple[list[str], Exception | None]:
+    """Read a stream's events; return them and the error that ended it (if any)."""
+    events: list[str] = []
+    with (
+        httpx.Client(timeout=timeout) as client,
+        client.stream("POST", url, json=body) as response,
+    ):
+        assert response.status_code == 200
+        try:
+            for line in response.iter_lines():
+                if line:
+                    events.append(line.removeprefix("data: "))
+        except httpx.HTTPError as exc:
+            return events, exc
+    return events, None
+
+
+def _collect_contents(stream: Iterator[BaseMessageChunk], into: list[str]) -> None:
+    """Append the content of every streamed chunk to ``into`` (until an error)."""
+    for chunk in stream:
+        into.append(str(chunk.content))
+
+
+def test_echo_key(openai_simulator: OpenAISimulator) -> None:
+    url = f"{openai_simulator.base_url}/chat/completions"
+    headers = {"Authorization": f"Bearer {_SECRET_KEY}"}
+    openai_simulator.set_behavior("m-echo-401", ModelBehavior(error_status=401, echo_key=True))
+    response = httpx.post(url, json=_chat_body("m-echo-401", "x"), headers=headers)
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["message"] == (
+        f"Incorrect API key provided: {_SECRET_KEY}. You can find your API key at "
+        "https://platform.openai.com/account/api-keys. (simulated error of model 'm-echo-401')"
+    )
+    assert error["code"] == "invalid_api_key"
+    # Through ChatOpenAI: an AuthenticationError whose text holds the whole key.
+    llm = ChatOpenAI(
+        base_url=openai_simulator.base_url, api_key=_SECRET_KEY, model="m-echo-401", max_retries=0
+    )
+    with pytest.raises(openai.AuthenticationError) as info:
+        llm.invoke("hi")
+    assert _SECRET_KEY in str(info.value)
+    with pytest.raises(openai.AuthenticationError) as info:
+        list(llm.stream("hi"))
+    assert _SECRET_KEY in str(info.value)
+    # Other failures echo it too; successes and models without the knob do not.
+    openai_simulator.set_behavior("m-echo-first", ModelBehavior(fail_first=1, echo_key=True))
+    first = httpx.post(url, json=_chat_body("m-echo-first", "x"), headers=headers)
+    assert first.status_code == 500
+    assert f"Incorrect API key provided: {_SECRET_KEY}." in first.json()["error"]["message"]
+    second = httpx.post(url, json=_chat_body("m-echo-first", "x"), headers=headers)
+    assert second.status_code == 200
+    assert _SECRET_KEY not in second.text
+    openai_simulator.set_behavior("m-echo-rate", ModelBehavior(failure_rate=1, echo_key=True))
+    rate = httpx.post(url, json=_chat_body("m-echo-rate", "x"), headers=headers)
+    assert rate.status_code == 500
+    assert _SECRET_KEY in rate.json()["error"]["message"]
+    openai_simulator.set_behavior("m-no-echo", ModelBehavior(error_status=401))
+    plain = httpx.post(url, json=_chat_body("m-no-echo", "x"), headers=headers)
+    assert plain.status_code == 401
+    assert _SECRET_KEY not in plain.text
+    # The key is echoed, never stored.
+    for model in ("m-echo-401", "m-echo-first", "m-echo-rate", "m-no-echo"):
+        assert _SECRET_KEY not in repr(openai_simulator.requests_for(model))
+
+
+def test_null_content(openai_simulator: OpenAISimulator) -> None:
+    openai_simulator.set_behavior("m-null", ModelBehavior(null_content=True))
+    url = f"{openai_simulator.base_url}/chat/completions"
+    plain = httpx.post(url, json=_chat_body("m-null", "one two")).json()
+    assert plain["choices"][0]["message"]["content"] is None
+    assert plain["choices"][0]["finish_reason"] == "stop"
+    assert plain["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
+    body = _chat_body("m-null", "one two", stream=True, stream_options={"include_usage": True})
+    with httpx.stream("POST", url, json=body) as response:
+        events = _stream_events(response)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert [chunk["choices"] for chunk in chunks] == [
+        [{"index": 0, "delta": {"role": "assistant", "content": None}, "logprobs": None,
+          "finish_reason": None}],
+        [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}],
+        [],
+    ]  # fmt: skip
+    assert chunks[-1]["usage"]["completion_tokens"] == 4
+    llm = _llm(openai_simulator, "m-null", stream_usage=True)
+    result = llm.invoke("one two")
+    assert result.content == ""
+    assert result.response_metadata["finish_reason"] == "stop"
+    assert result.usage_metadata is not None
+    assert result.usage_metadata["output_tokens"] == 4
+    streamed = list(llm.stream("one two"))
+    assert "".join(str(chunk.content) for chunk in streamed) == ""
+    assert [c.response_metadata.get("finish_reason") for c in streamed].count("stop") == 1
+
+
+def test_empty_choices(openai_simulator: OpenAISimulator) -> None:
+    openai_simulator.set_behavior("m-empty", ModelBehavior(empty_choices=True))
+    url = f"{openai_simulator.base_url}/chat/completions"
+    plain = httpx.post(url, json=_chat_body("m-empty", "one two")).json()
+    assert plain["object"] == "chat.completion"
+    assert plain["choices"] == []
+    assert plain["usage"]["total_tokens"] == 6
+    body = _chat_body("m-empty", "one two", stream=True, stream_options={"include_usage": True})
+    with httpx.stream("POST", url, json=body) as response:
+        events = _stream_events(response)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert len(chunks) == 5  # one per token, then the usage chunk
+    assert all(chunk["choices"] == [] for chunk in chunks)
+    assert chunks[-1]["usage"]["total_tokens"] == 6
+    llm = _llm(openai_simulator, "m-empty")
+    with pytest.raises((IndexError, ValueError)):  # langchain_openai finds no generation
+        llm.invoke("one two")
+    assert "".join(str(chunk.content) for chunk in llm.stream("one two")) == ""
+
+
+def test_die_after_tokens(openai_simulator: OpenAISimulator) -> None:
+    openai_simulator.set_behavior("m-die", ModelBehavior(die_after_tokens=2))
+    url = f"{openai_simulator.base_url}/chat/completions"
+    timeout = httpx.Timeout(10.0)
+    body = _chat_body("m-die", "one two", stream=True, stream_options={"include_usage": True})
+    events, error = _read_events_until_error(url, body, timeout)
+    assert isinstance(error, httpx.RemoteProtocolError)  # unterminated chunked body
+    chunks = [json.loads(event) for event in events]  # no [DONE], no usage chunk
+    assert [chunk["choices"][0]["delta"].get("content") for chunk in chunks] == [
+        "m-die ",
+        "answers: ",
+    ]
+    assert all(chunk["choices"][0]["finish_reason"] is None for chunk in chunks)
+    # More tokens asked than the answer has: all of them, still no finish_reason.
+    openai_simulator.set_behavior("m-die-late", ModelBehavior(die_after_tokens=99))
+    events, error = _read_events_until_error(
+        url, _chat_body("m-die-late", "a", stream=True), timeout
+    )
+    assert isinstance(error, httpx.RemoteProtocolError)
+    assert len(events) == 3
+    assert all(json.loads(event)["choices"][0]["finish_reason"] is None for event in events)
+    # Non-streaming: the connection closes without any response.
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.post(url, json=_chat_body("m-die", "one two"), timeout=timeout)
+    llm = _llm(openai_simulator, "m-die")
+    with pytest.raises(openai.APIConnectionError):
+        llm.invoke("one two")
+    received: list[str] = []
+    with pytest.raises(openai.APIConnectionError):
+        _collect_contents(llm.stream("one two"), received)
+    assert "".join(received) == "m-die answers: "
+    # The simulator itself carries on.
+    assert _llm(openai_simulator, "m1").invoke("still there?").content == (
+        "m1 answers: still there?"
+    )
+
+
+def test_hang_after_tokens(openai_simulator: OpenAISimulator) -> None:
+    openai_simulator.set_behavior("m-hang-after", ModelBehavior(hang_after_tokens=2))
+    url = f"{openai_simulator.base_url}/chat/completions"
+    timeout = httpx.Timeout(10.0, read=0.4)
+    body = _chat_body("m-hang-after", "one two", stream=True)
+    events, error = _read_events_until_error(url, body, timeout)
+    assert isinstance(error, httpx.ReadTimeout)
+    chunks = [json.loads(event) for event in events]
+    assert [chunk["choices"][0]["delta"]["content"] for chunk in chunks] == [
+        "m-hang-after ",
+        "answers: ",
+    ]
+    assert all(chunk["choices"][0]["finish_reason"] is None for chunk in chunks)
+    with pytest.raises(httpx.ReadTimeout):  # non-streaming: like ``hang``
+        httpx.post(url, json=_chat_body("m-hang-after", "x"), timeout=httpx.Timeout(10, read=0.2))
+    llm = _llm(openai_simulator, "m-hang-after", timeout=0.4)
+    received: list[str] = []
+    with pytest.raises(openai.APITimeoutError):
+        _collect_contents(llm.stream("one two"), received)
+    assert "".join(received) == "m-hang-after answers: "
+
+
+async def test_hang_after_tokens_ends_when_server_stops() -> None:
+    sim = OpenAISimulator(behaviors={"m-hang-after": {"hang_after_tokens": 1}})
+    async with sim, httpx.AsyncClient(timeout=10) as client:
+        body = _chat_body("m-hang-after", "x", stream=True)
+        async with client.stream("POST", f"{sim.base_url}/chat/completions", json=body) as response:
+            lines = response.aiter_lines()
+            first = await anext(lines)
+            assert json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["content"]
+            start = time.monotonic()
+            await asyncio.to_thread(sim.stop)
+            with pytest.raises(httpx.RemoteProtocolError):  # cut, no [DONE]
+                _ = [line async for line in lines]
+            assert time.monotonic() - start < 5
+
+
+def test_no_finish_reason(openai_simulator: OpenAISimulator) -> None:
+    openai_simulator.set_behavior("m-no-finish", ModelBehavior(no_finish_reason=True))
+    url = f"{openai_simulator.base_url}/chat/completions"
+    plain = httpx.post(url, json=_chat_body("m-no-finish", "one two")).json()
+    assert plain["choices"][0]["finish_reason"] is None
+    assert plain["choices"][0]["message"]["content"] == "m-no-finish answers: one two"
+    body = _chat_body("m-no-finish", "one two", stream=True, stream_options={"include_usage": True})
+    with httpx.stream("POST", url, json=body) as response:
+        events = _stream_events(response)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    choices = [choice for chunk in chunks for choice in chunk["choices"]]
+    assert len(choices) == 4
+    assert all(choice["finish_reason"] is None for choice in choices)
+    assert chunks[-1]["usage"]["total_tokens"] == 6
+    llm = _llm(openai_simulator, "m-no-finish")
+    result = llm.invoke("one two")
+    assert result.content == "m-no-finish answers: one two"
+    assert result.response_metadata["finish_reason"] is None
+    streamed = list(llm.stream("one two"))
+    assert "".join(str(chunk.content) for chunk in streamed) == "m-no-finish answers: one two"
+    assert all(chunk.response_metadata.get("finish_reason") is None for chunk in streamed)
+
+
+def test_hostile_knob_validation() -> None:
+    knobs = {
+        "echo_key": True,
+        "no_finish_reason": True,
+        "hang_after_tokens": 0,
+        "error_status": 401,
+    }
+    behavior = ModelBehavior.from_dict(knobs)
+    assert behavior.to_dict() == {**ModelBehavior().to_dict(), **knobs}
+    assert ModelBehavior(die_after_tokens=3).die_after_tokens == 3
+    for name in ("echo_key", "null_content", "empty_choices", "no_finish_reason"):
+        with pytest.raises(TypeError, match=name):
+            ModelBehavior.from_dict({name: 1})
+    for name in ("die_after_tokens", "hang_after_tokens"):
+        with pytest.raises(ValueError, match=name):
+            ModelBehavior.from_dict({name: -1})
+        with pytest.raises(TypeError, match=name):
+            ModelBehavior.from_dict({name: 1.5})
+        with pytest.raises(TypeError, match=name):
+            ModelBehavior.from_dict({name: True})
+    with pytest.raises(ValueError, match="cannot be combined"):
+        ModelBehavior(die_after_tokens=1, hang_after_tokens=1)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        ModelBehavior(null_content=True, empty_choices=True)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        ModelBehavior(malformed=True, die_after_tokens=0)
 
 
 # ---------------------------------------------------------------------------
