@@ -5,7 +5,7 @@ from importlib import metadata
 from langchain_moa.chat_model import PROGRESS_EVENT, MoAChatModel
 from langchain_moa.errors import AggregatorFailedError, MoAError, ProposersFailedError
 from langchain_moa.graph import RunOptions
-from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT
+from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT, ReferenceFormat
 from langchain_moa.state import Proposal
 
 try:
@@ -21,6 +21,7 @@ __all__ = [
     "MoAError",
     "Proposal",
     "ProposersFailedError",
+    "ReferenceFormat",
     "RunOptions",
     "__version__",
 ]

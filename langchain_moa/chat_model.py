@@ -39,7 +39,11 @@ from langchain_moa.callbacks import InnerCallbacks, child_manager, inner_context
 from langchain_moa.events import AnswerToken
 from langchain_moa.graph import EngineSettings, RunOptions, build_moa_graph
 from langchain_moa.inner_models import chat_model_of, is_inner_model, model_identity
-from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT, DEFAULT_RANKER_PROMPT
+from langchain_moa.prompts import (
+    DEFAULT_AGGREGATOR_PROMPT,
+    DEFAULT_RANKER_PROMPT,
+    ReferenceFormat,
+)
 from langchain_moa.resilience import ConcurrencyLimit, RetryPolicy
 from langchain_moa.state import MoAState
 from langchain_moa.structured_output import StructuredMethod, structured_runnable
@@ -151,6 +155,11 @@ class MoAChatModel(BaseChatModel):
     """``"synthesize"``: the aggregator writes a new answer (MoA). ``"rank"``: it
     only picks the best proposal, which becomes the answer word for word (the
     paper's LLM-ranker baseline, Figure 4)."""
+
+    reference_format: ReferenceFormat = "paper"
+    """How references are laid out for the aggregator: ``"paper"`` (numbered, the
+    paper's format byte for byte) or ``"delimited"`` (each fenced with a random
+    tag, so a proposal cannot forge another reference, a header or a marker)."""
 
     ranker_prompt: str = DEFAULT_RANKER_PROMPT
     """System prompt of ``aggregation="rank"``; the references follow it."""
@@ -351,6 +360,7 @@ class MoAChatModel(BaseChatModel):
             aggregator_first_token_timeout=self.aggregator_first_token_timeout,
             layer_deadline=self.layer_deadline,
             max_reference_chars=self.max_reference_chars,
+            reference_format=self.reference_format,
             limit=ConcurrencyLimit(self.max_concurrency) if self.max_concurrency else None,
             fallback_aggregator=self.fallback_aggregator,
             ranker_prompt=self.ranker_prompt if self.aggregation == "rank" else None,

@@ -34,7 +34,12 @@ from langgraph.runtime import get_runtime
 from typing_extensions import TypedDict
 
 from langchain_moa.calls import BackgroundModels, InnerCall, StreamBrokenError
-from langchain_moa.errors import AggregatorFailedError, ProposersFailedError, describe_error
+from langchain_moa.errors import (
+    AggregatorFailedError,
+    ProposersFailedError,
+    describe_error,
+    mask_exception,
+)
 from langchain_moa.events import (
     AggregationStarted,
     AnswerToken,
@@ -44,7 +49,7 @@ from langchain_moa.events import (
     event_to_dict,
 )
 from langchain_moa.inner_models import bind_tools, model_label, with_settings
-from langchain_moa.prompts import fit_references, inject_references
+from langchain_moa.prompts import ReferenceFormat, fit_references, inject_references
 from langchain_moa.resilience import (
     LAYER_WATCHES,
     AggregatorTimeoutError,
@@ -124,7 +129,7 @@ class EngineSettings:
     aggregator_first_token_timeout: float | None = None
     layer_deadline: float | None = None
     max_reference_chars: int | None = None
-    reference_format: str = "paper"
+    reference_format: ReferenceFormat = "paper"
     limit: ConcurrencyLimit | None = None
     fallback_aggregator: Runnable | None = None
     ranker_prompt: str | None = None
@@ -137,7 +142,9 @@ class EngineSettings:
     def messages(self, state: MoAState, layer: int, prompt: str) -> list[BaseMessage]:
         """The conversation with ``layer``'s answers as references under ``prompt``."""
         references = self.references(state, layer)
-        return inject_references(state["messages"], references, prompt)
+        return inject_references(
+            state["messages"], references, prompt, reference_format=self.reference_format
+        )
 
 
 class _LayerState(MoAState, total=False):
@@ -342,12 +349,13 @@ class _Aggregator:
             call = self._call(state, config, model, options)
             try:
                 answer = call.run_sync(self.background.for_model(model))
-            except (StreamBrokenError, RunCancelledError) as error:
-                raise _give_up(state, [*failures, (model_label(model), error)]) from None
             except Exception as error:
                 failures.append((model_label(model), error))
+                if isinstance(error, (StreamBrokenError, RunCancelledError)):
+                    break  # no fallback: output went out, or the caller is gone
                 continue
             return self._outcome(state, call, answer, options, failures)
+        # Raised outside the except blocks: no unmasked error as its context.
         raise _give_up(state, failures)
 
     async def ainvoke(self, state: MoAState, config: RunnableConfig) -> dict:
@@ -356,10 +364,10 @@ class _Aggregator:
             call = self._call(state, config, model, options)
             try:
                 answer = await call.run_async()
-            except StreamBrokenError as error:
-                raise _give_up(state, [*failures, (model_label(model), error)]) from None
             except Exception as error:
                 failures.append((model_label(model), error))
+                if isinstance(error, StreamBrokenError):
+                    break  # no fallback: part of the answer went out
                 continue
             return self._outcome(state, call, answer, options, failures)
         raise _give_up(state, failures)
@@ -424,15 +432,9 @@ def _give_up(state: MoAState, failures: list[tuple[str, Exception]]) -> Aggregat
     failed = AggregatorFailedError(
         label, cause, state.get("proposals", []), partial_text=partial, failures=failures
     )
-    failed.__cause__ = _masked(cause)
+    # The provider's error may echo the API key: only a masked copy is chained.
+    failed.__cause__ = mask_exception(cause)
     return failed
-
-
-def _masked(error: BaseException) -> BaseException:
-    from langchain_moa import errors
-
-    mask = getattr(errors, "mask_exception", None)
-    return mask(error) if mask is not None else error
 
 
 def _ranked_choice(state: MoAState, layer: int, ranking: BaseMessage) -> AIMessage:
