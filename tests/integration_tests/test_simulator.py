@@ -895,7 +895,9 @@ async def test_concurrent_requests(openai_simulator: OpenAISimulator) -> None:
         answers = await asyncio.gather(*(ask(i) for i in range(count)))
         elapsed = time.monotonic() - start
     assert answers == [f"m-concurrent answers: question {i}" for i in range(count)]
-    assert elapsed < 0.3 * 5  # served concurrently, not one after another
+    # One after another would take 0.3 s x 200 = 60 s; a quarter of that proves
+    # concurrency and leaves room for a loaded 2-core machine.
+    assert elapsed < 0.3 * count / 4
 
 
 def test_cli_help() -> None:
