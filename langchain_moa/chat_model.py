@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import hashlib
 import math
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -696,24 +697,19 @@ class MoAChatModel(BaseChatModel):
         config = self._graph_config(parent, run_id, is_async=False)
         progress = _Progress(parent, run_id, CallbackManager)
         context = inner_context(self.inner_callbacks)
-        items = context.run(
-            self.graph.stream, inputs, config, context=options, **progress.stream_modes()
-        )
         state: MoAState | None = None
-        try:
-            while (item := context.run(next, items, None)) is not None:
-                kind, payload = _classify(item)
-                if kind == "token":
-                    yield _token_chunk(payload)
-                elif kind == "progress":
-                    progress.send(payload)
-                elif kind == "state":
-                    state = payload
-        finally:
-            # A closed stream or an interrupt: stop inner calls now, not when
-            # LangGraph's executor has waited for them.
-            options.cancelled.set()  # type: ignore[union-attr]
-            context.run(items.close)
+
+        def items() -> Iterator[Any]:
+            return self.graph.stream(inputs, config, context=options, **progress.stream_modes())
+
+        for item in _iter_in_thread(context, items, options.cancelled):  # type: ignore[arg-type]
+            kind, payload = _classify(item)
+            if kind == "token":
+                yield _token_chunk(payload)
+            elif kind == "progress":
+                progress.send(payload)
+            elif kind == "state":
+                state = payload
         yield _checked(state)
 
     async def _arun(
@@ -937,6 +933,46 @@ def _setting_identity(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     return value
+
+
+def _iter_in_thread(
+    context: contextvars.Context, make: Callable[[], Iterator[Any]], cancelled: threading.Event
+) -> Iterator[Any]:
+    """Iterate a sync graph stream that runs in a thread of its own, inside ``context``.
+
+    The caller only waits on a queue, so a closed stream or Ctrl-C reaches it at
+    once; it then sets ``cancelled``, which stops the inner calls, and waits for
+    the graph to wind down (LangGraph's executor waits for its running nodes).
+    """
+    results: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+
+    def produce() -> None:
+        items = make()
+        try:
+            for item in items:
+                results.put(("item", item))
+                if cancelled.is_set():
+                    break
+        except BaseException as error:
+            results.put(("error", error))
+            return
+        finally:
+            items.close()
+        results.put(("done", None))
+
+    worker = threading.Thread(target=context.run, args=(produce,), name="moa-run", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = results.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        cancelled.set()
+        worker.join()
 
 
 async def _aiter_in_context(
