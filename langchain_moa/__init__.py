@@ -4,7 +4,6 @@ from importlib import metadata
 
 from langchain_moa.chat_model import PROGRESS_EVENT, MoAChatModel
 from langchain_moa.errors import AggregatorFailedError, MoAError, ProposersFailedError
-from langchain_moa.graph import RunOptions
 from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT, ReferenceFormat
 from langchain_moa.state import Proposal
 
@@ -22,6 +21,5 @@ __all__ = [
     "Proposal",
     "ProposersFailedError",
     "ReferenceFormat",
-    "RunOptions",
     "__version__",
 ]

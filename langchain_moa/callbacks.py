@@ -21,7 +21,8 @@ from langchain_core.callbacks import (
 )
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tracers.base import AsyncBaseTracer, BaseTracer
-from langchain_core.tracers.context import _configure_hooks
+
+from langchain_moa._compat import configure_hook_variables
 
 InnerCallbacks = Literal["tracers", "all"]
 """``"tracers"``: only tracers see inner runs (default); ``"all"``: every handler."""
@@ -75,7 +76,7 @@ def inner_context(policy: InnerCallbacks) -> contextvars.Context:
     if policy == "all":
         return context
     hooked: Sequence[contextvars.ContextVar] = [
-        var for var, *_ in _configure_hooks if not _follows_var(var)
+        var for var in configure_hook_variables() if not _follows_var(var)
     ]
     for var in hooked:
         context.run(var.set, None)

@@ -36,6 +36,7 @@ from langgraph.config import get_stream_writer
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from langchain_moa._compat import convert_cached_generations, openai_root_async_client
 from langchain_moa.callbacks import InnerCallbacks, child_manager, inner_context
 from langchain_moa.events import AnswerToken
 from langchain_moa.graph import EngineSettings, RunOptions, build_moa_graph
@@ -58,6 +59,40 @@ PROGRESS_EVENT = "moa_progress"
 """Name of the custom callback event that carries progress (see ``events``)."""
 
 _PAPER_LAYERS = 3
+
+ENGINE_FIELDS: dict[str, str] = {
+    "aggregator_prompt": "prompt",
+    "model_name": "model_name",
+    "min_proposers": "min_proposers",
+    "proposer_timeout": "proposer_timeout",
+    "aggregator_timeout": "aggregator_timeout",
+    "aggregator_first_token_timeout": "aggregator_first_token_timeout",
+    "layer_deadline": "layer_deadline",
+    "max_reference_chars": "max_reference_chars",
+    "reference_format": "reference_format",
+    "fallback_aggregator": "fallback_aggregator",
+}
+"""Fields copied into ``EngineSettings`` as they are (field name -> setting name)."""
+
+COMBINED_FIELDS: frozenset[str] = frozenset(
+    {
+        "temperature",
+        "max_tokens",
+        "max_retries",
+        "retry_base_delay",
+        "retry_max_delay",
+        "max_concurrency",
+        "aggregation",
+        "ranker_prompt",
+    }
+)
+"""Fields combined into ``EngineSettings`` by ``MoAChatModel.engine_settings``."""
+
+ENSEMBLE_FIELDS: frozenset[str] = frozenset(
+    {"proposers", "aggregator", "layers", "stop", "streaming", "inner_callbacks"}
+)
+"""The ensemble's own fields that the engine does not read (the line-up is passed
+as models; ``stop`` and ``streaming`` are per call)."""
 _DERIVED = ("graph", "_inner_identities")
 # Fields that do not change an answer: left out of the cache key.
 _NOT_IN_CACHE_KEY = frozenset(
@@ -345,28 +380,27 @@ class MoAChatModel(BaseChatModel):
         "proposals": [Proposal, ...], "aggregation": Proposal}``. Per-call
         options are passed as ``context=RunOptions(...)``.
         """
+        return build_moa_graph(self.proposer_layers, self.aggregator, self.engine_settings())
+
+    def engine_settings(self) -> EngineSettings:
+        """The settings the graph runs with, derived from this model's fields.
+
+        Fields named in ``ENGINE_FIELDS`` are copied as they are; the others
+        that shape inner calls are combined here. ``ENSEMBLE_FIELDS`` lists the
+        fields the graph does not read.
+        """
         call_kwargs = {
             key: value
             for key, value in (("temperature", self.temperature), ("max_tokens", self.max_tokens))
             if value is not None
         }
-        settings = EngineSettings(
-            prompt=self.aggregator_prompt,
-            model_name=self.model_name,
+        return EngineSettings(
+            **{target: getattr(self, name) for name, target in ENGINE_FIELDS.items()},
             call_kwargs=call_kwargs,
-            min_proposers=self.min_proposers,
             retry=RetryPolicy(self.max_retries, self.retry_base_delay, self.retry_max_delay),
-            proposer_timeout=self.proposer_timeout,
-            aggregator_timeout=self.aggregator_timeout,
-            aggregator_first_token_timeout=self.aggregator_first_token_timeout,
-            layer_deadline=self.layer_deadline,
-            max_reference_chars=self.max_reference_chars,
-            reference_format=self.reference_format,
             limit=ConcurrencyLimit(self.max_concurrency) if self.max_concurrency else None,
-            fallback_aggregator=self.fallback_aggregator,
             ranker_prompt=self.ranker_prompt if self.aggregation == "rank" else None,
         )
-        return build_moa_graph(self.proposer_layers, self.aggregator, settings)
 
     @cached_property
     def _inner_identities(self) -> dict[str, Any]:
@@ -505,7 +539,7 @@ class MoAChatModel(BaseChatModel):
 
     def _openai_aggregator(self) -> bool:
         aggregator = chat_model_of(self.aggregator)
-        return aggregator is not None and hasattr(aggregator, "root_async_client")
+        return aggregator is not None and openai_root_async_client(aggregator) is not None
 
     def with_structured_output(
         self,
@@ -589,7 +623,7 @@ class MoAChatModel(BaseChatModel):
             return super()._generate_with_cache(messages, stop, run_manager, **kwargs)
         key = self._cache_key(messages, stop, kwargs)
         if isinstance(hit := cache.lookup(*key), list):
-            return ChatResult(generations=self._convert_cached_generations(hit))
+            return ChatResult(generations=convert_cached_generations(self, hit))
         uncached = self._uncached_twin()
         result = BaseChatModel._generate_with_cache(uncached, messages, stop, run_manager, **kwargs)
         if not _degraded(result):
@@ -608,7 +642,7 @@ class MoAChatModel(BaseChatModel):
             return await super()._agenerate_with_cache(messages, stop, run_manager, **kwargs)
         key = self._cache_key(messages, stop, kwargs)
         if isinstance(hit := await cache.alookup(*key), list):
-            return ChatResult(generations=self._convert_cached_generations(hit))
+            return ChatResult(generations=convert_cached_generations(self, hit))
         uncached = self._uncached_twin()
         result = await BaseChatModel._agenerate_with_cache(
             uncached, messages, stop, run_manager, **kwargs

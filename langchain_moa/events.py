@@ -1,8 +1,9 @@
 """Progress events emitted while a Mixture-of-Agents run is under way.
 
-The graph writes them to LangGraph's ``custom`` stream; ``MoAChatModel``
-re-emits them as LangChain custom callback events named ``moa_progress`` (see
-``MoAChatModel.astream_progress`` and the README).
+The graph writes them, as dicts (``event_to_dict``), to LangGraph's ``custom``
+stream; ``MoAChatModel`` re-emits them as LangChain custom callback events named
+``moa_progress`` and to the ``custom`` stream of a LangGraph node it runs in (see
+the README, "Callbacks, tracing and progress").
 """
 
 from __future__ import annotations

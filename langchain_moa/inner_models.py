@@ -17,6 +17,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.base import RunnableBindingBase
 
+from langchain_moa._compat import llm_string, ls_model_name, openai_root_async_client
+
 InnerModel = Runnable
 """A chat model, or a runnable that wraps one (``.bind``, ``.with_retry``, ...)."""
 
@@ -101,8 +103,8 @@ def background_copy(model: Runnable) -> Runnable | None:
     be done for (they run in worker threads on the sync path).
     """
     inner = chat_model_of(model)
-    root = getattr(inner, "root_async_client", None)
-    if inner is None or root is None or not hasattr(root, "with_options"):
+    root = openai_root_async_client(inner) if inner is not None else None
+    if root is None:
         return None
     private_root = root.with_options(http_client=_background_http_client())
     updates = {"root_async_client": private_root, "async_client": private_root.chat.completions}
@@ -138,11 +140,11 @@ def model_label(model: Runnable) -> str:
         return configured if isinstance(configured, str) else type(model).__name__
     if inner.name:
         return inner.name
-    try:
-        name = inner._get_ls_params().get("ls_model_name")
-    except Exception:
-        name = None
-    for candidate in (name, getattr(inner, "model_name", None), getattr(inner, "model", None)):
+    for candidate in (
+        ls_model_name(inner),
+        getattr(inner, "model_name", None),
+        getattr(inner, "model", None),
+    ):
         if isinstance(candidate, str) and candidate:
             return candidate
     return inner._llm_type
@@ -162,7 +164,7 @@ def model_identity(model: Runnable) -> str:
         parts.append(f"{type(current).__name__}:{sorted(current.kwargs.items())!r}")
         current = current.bound
     if isinstance(current, BaseChatModel):
-        parts.append(current._get_llm_string())
+        parts.append(llm_string(current))
     else:
         default = getattr(current, "_default_config", None) or {}
         safe = {

@@ -13,7 +13,9 @@ from typing_extensions import TypedDict
 
 @dataclass(frozen=True)
 class Proposal:
-    """One proposer's answer (or failure) in one layer.
+    """One inner call's record: a proposer's answer (or failure), or the aggregator's call.
+
+    The aggregator's record has the aggregator's layer (the last) and index 0.
 
     Attributes:
         layer: Proposer layer, counting from 1.

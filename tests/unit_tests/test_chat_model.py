@@ -380,3 +380,26 @@ async def test_concurrent_calls_do_not_share_state() -> None:
     for i, result in enumerate(results):
         assert len(result.response_metadata["proposals"][0]) == 1
         assert result.usage_metadata["total_tokens"] == 16, i
+
+
+def test_every_field_is_mapped_to_the_engine_or_marked_ensemble_only() -> None:
+    from langchain_core.language_models import BaseChatModel
+
+    from langchain_moa.chat_model import COMBINED_FIELDS, ENGINE_FIELDS, ENSEMBLE_FIELDS
+
+    own = set(MoAChatModel.model_fields) - set(BaseChatModel.model_fields)
+    groups = [set(ENGINE_FIELDS), set(COMBINED_FIELDS), set(ENSEMBLE_FIELDS)]
+    assert own == set().union(*groups), "a field is neither mapped nor marked ensemble-only"
+    assert sum(len(g) for g in groups) == len(own), "a field is listed twice"
+
+
+def test_the_readme_configuration_table_lists_every_field() -> None:
+    from pathlib import Path
+
+    from langchain_core.language_models import BaseChatModel
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    own = set(MoAChatModel.model_fields) - set(BaseChatModel.model_fields)
+    missing = sorted(name for name in own if f"`{name}`" not in table)
+    assert missing == []
