@@ -34,11 +34,8 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 from openai import OpenAI, OpenAIError
 from pydantic import ValidationError
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
+from langchain_moa._extras import missing_extra
 from langchain_moa.chat_model import PROGRESS_EVENT, MoAChatModel
 from langchain_moa.cli_arguments import add_model_arguments
 from langchain_moa.errors import MoAError, describe_error, redact
@@ -51,6 +48,14 @@ from langchain_moa.presets import (
     TOGETHER_BASE_URL,
     openai_compatible_moa,
 )
+
+try:
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+except ImportError as _missing:  # pragma: no cover - depends on the install
+    raise missing_extra("cli", _missing) from _missing
 
 # Simulated latencies (seconds before the first token) so the progress display
 # shows layers filling in as they would with real models.

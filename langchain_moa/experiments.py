@@ -50,14 +50,20 @@ from datetime import datetime, timezone
 from typing import Any
 
 import langsmith
-import requests
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
 from langsmith import schemas
 from langsmith.evaluation import evaluate
 from langsmith.run_helpers import tracing_context
-from rich import box
-from rich.table import Table
+
+from langchain_moa._extras import missing_extra
+
+try:
+    import requests
+    from rich import box
+    from rich.table import Table
+except ImportError as _missing:  # pragma: no cover - depends on the install
+    raise missing_extra("experiments", _missing) from _missing
 
 OFFLINE_API_URL = "http://127.0.0.1:9"
 """Where the offline client points (loopback; its session never connects)."""

@@ -48,8 +48,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from langchain_core.runnables import Runnable
-from rich.console import Console
 
+from langchain_moa._extras import missing_extra
 from langchain_moa.cli_arguments import add_model_arguments
 from langchain_moa.errors import redact
 from langchain_moa.generation.instructions import DEFAULT_CONCURRENCY, FORMATS
@@ -65,6 +65,11 @@ from langchain_moa.presets import (
     together_moa,
     together_moa_lite,
 )
+
+try:
+    from rich.console import Console
+except ImportError as _missing:  # pragma: no cover - depends on the install
+    raise missing_extra("cli", _missing) from _missing
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,8 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import Runnable
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from langchain_moa._extras import missing_extra
 from langchain_moa.generation.instructions import (
     DEFAULT_CONCURRENCY,
     EmptyAnswerError,
@@ -22,6 +21,12 @@ from langchain_moa.generation.instructions import (
     load_jobs,
 )
 from langchain_moa.generation.outputs import ErrorLog, Generator, OutputStore, open_store
+
+try:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+except ImportError as _missing:  # pragma: no cover - depends on the install
+    raise missing_extra("cli", _missing) from _missing
 
 
 def _answer_text(reply: Any) -> str:

@@ -34,8 +34,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
+from langchain_moa._extras import missing_extra
 from langchain_moa.testing.answers import (
     RequestError,
     SimulatedTurn,
@@ -47,6 +46,11 @@ from langchain_moa.testing.answers import (
     validate_request,
 )
 from langchain_moa.testing.behavior import ModelBehavior
+
+try:
+    from aiohttp import web
+except ImportError as _missing:  # pragma: no cover - depends on the install
+    raise missing_extra("simulator", _missing) from _missing
 
 if TYPE_CHECKING:
     from langchain_openai import ChatOpenAI
