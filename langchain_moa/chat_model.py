@@ -344,6 +344,9 @@ class MoAChatModel(BaseChatModel):
             prompt=self.aggregator_prompt,
             model_name=self.model_name,
             call_kwargs=call_kwargs,
+            # The default stop also applies when the graph runs on its own
+            # (as a subgraph); a call's own stop goes in RunOptions.
+            aggregator_call_kwargs={"stop": self.stop} if self.stop else {},
             min_proposers=self.min_proposers,
             retry=RetryPolicy(self.max_retries, self.retry_base_delay, self.retry_max_delay),
             proposer_timeout=self.proposer_timeout,
