@@ -84,15 +84,16 @@ COMBINED_FIELDS: frozenset[str] = frozenset(
         "max_concurrency",
         "aggregation",
         "ranker_prompt",
+        "stop",
     }
 )
 """Fields combined into ``EngineSettings`` by ``MoAChatModel.engine_settings``."""
 
 ENSEMBLE_FIELDS: frozenset[str] = frozenset(
-    {"proposers", "aggregator", "layers", "stop", "streaming", "inner_callbacks"}
+    {"proposers", "aggregator", "layers", "streaming", "inner_callbacks"}
 )
 """The ensemble's own fields that the engine does not read (the line-up is passed
-as models; ``stop`` and ``streaming`` are per call)."""
+as models; ``streaming`` is per call)."""
 _DERIVED = ("graph", "_inner_identities")
 # Fields that do not change an answer: left out of the cache key.
 _NOT_IN_CACHE_KEY = frozenset(
@@ -397,6 +398,9 @@ class MoAChatModel(BaseChatModel):
         return EngineSettings(
             **{target: getattr(self, name) for name, target in ENGINE_FIELDS.items()},
             call_kwargs=call_kwargs,
+            # The default stop also applies when the graph runs on its own
+            # (as a subgraph); a call's own stop goes in RunOptions.
+            aggregator_call_kwargs={"stop": self.stop} if self.stop else {},
             retry=RetryPolicy(self.max_retries, self.retry_base_delay, self.retry_max_delay),
             limit=ConcurrencyLimit(self.max_concurrency) if self.max_concurrency else None,
             ranker_prompt=self.ranker_prompt if self.aggregation == "rank" else None,

@@ -103,6 +103,8 @@ class EngineSettings:
         prompt: The aggregate-and-synthesize prompt.
         model_name: The ensemble's name, in the answer's metadata.
         call_kwargs: Generation arguments for every inner call.
+        aggregator_call_kwargs: Default arguments of the aggregator alone (the
+            ensemble's ``stop``); a run's own ``aggregator_kwargs`` override them.
         min_proposers: Successful answers each layer needs to go on.
         retry: Retry policy of every inner call.
         proposer_timeout: Seconds per proposer call, retries included.
@@ -122,6 +124,7 @@ class EngineSettings:
     prompt: str
     model_name: str = "mixture-of-agents"
     call_kwargs: dict[str, Any] = field(default_factory=dict)
+    aggregator_call_kwargs: dict[str, Any] = field(default_factory=dict)
     min_proposers: int = 1
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_retries=0))
     proposer_timeout: float | None = None
@@ -282,7 +285,11 @@ class _Aggregator:
                     tool_choice=options.tool_choice,
                     **options.tool_kwargs,
                 )
-            kwargs = {**self.settings.call_kwargs, **options.aggregator_kwargs}
+            kwargs = {
+                **self.settings.call_kwargs,
+                **self.settings.aggregator_call_kwargs,
+                **options.aggregator_kwargs,
+            }
             return model.bind(**kwargs) if kwargs else model
 
         return build
