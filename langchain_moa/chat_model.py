@@ -311,8 +311,13 @@ class MoAChatModel(BaseChatModel):
         return copied
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> MoAChatModel:
-        copied = super().__deepcopy__(memo)
-        copied._forget_derived()
+        # Only the settings are copied: the compiled graph holds locks (it
+        # cannot be deep-copied) and is rebuilt from the copied settings.
+        memo = {} if memo is None else memo
+        settings = self.__copy__()
+        copied = super(MoAChatModel, settings).__deepcopy__(memo)
+        memo.pop(id(settings), None)  # a temporary: its id may be reused
+        memo[id(self)] = copied
         return copied
 
     def __getstate__(self) -> dict[Any, Any]:
