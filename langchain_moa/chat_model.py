@@ -372,7 +372,9 @@ class MoAChatModel(BaseChatModel):
         identities: dict[str, Any] = {}
         for name in type(self).model_fields:
             if name not in _NOT_IN_CACHE_KEY:
-                identities[name] = _setting_identity(getattr(self, name))
+                # LangChain's cache key overwrites "stop" with the call's stop.
+                key = "stop_sequences" if name == "stop" else name
+                identities[key] = _setting_identity(getattr(self, name))
         return identities
 
     @property
