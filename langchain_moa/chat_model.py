@@ -357,8 +357,13 @@ class MoAChatModel(BaseChatModel):
         return copied
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> MoAChatModel:
-        copied = super().__deepcopy__(memo)
-        copied._forget_derived()
+        # Only the settings are copied: the compiled graph holds locks (it
+        # cannot be deep-copied) and is rebuilt from the copied settings.
+        memo = {} if memo is None else memo
+        settings = self.__copy__()
+        copied = super(MoAChatModel, settings).__deepcopy__(memo)
+        memo.pop(id(settings), None)  # a temporary: its id may be reused
+        memo[id(self)] = copied
         return copied
 
     def __getstate__(self) -> dict[Any, Any]:
@@ -416,7 +421,9 @@ class MoAChatModel(BaseChatModel):
         identities: dict[str, Any] = {}
         for name in type(self).model_fields:
             if name not in _NOT_IN_CACHE_KEY:
-                identities[name] = _setting_identity(getattr(self, name))
+                # LangChain's cache key overwrites "stop" with the call's stop.
+                key = "stop_sequences" if name == "stop" else name
+                identities[key] = _setting_identity(getattr(self, name))
         return identities
 
     @property

@@ -166,12 +166,24 @@ def _options() -> RunOptions:
     return context if isinstance(context, RunOptions) else _DEFAULT_OPTIONS
 
 
+# LangGraph's own entries of a node's ``configurable``; not settings of the
+# inner models (a configurable ``init_chat_model(configurable_fields="any")``
+# would take them as model parameters and send them to the provider).
+_LANGGRAPH_KEYS = frozenset({"checkpoint_id", "checkpoint_map", "checkpoint_ns", "thread_id"})
+
+
 def _inner_config(
     config: RunnableConfig, run_name: str, metadata: dict[str, Any], tags: tuple[str, ...]
 ) -> RunnableConfig:
-    return merge_configs(
+    inner = merge_configs(
         config, {"run_name": run_name, "metadata": metadata, "tags": ["moa:inner", *tags]}
     )
+    inner["configurable"] = {
+        key: value
+        for key, value in inner.get("configurable", {}).items()
+        if not key.startswith("__pregel_") and key not in _LANGGRAPH_KEYS
+    }
+    return inner
 
 
 def _elapsed(started: float) -> float:

@@ -131,9 +131,12 @@ def model_label(model: Runnable) -> str:
 
     An explicit ``name=`` given to the model wins, then its model name.
     """
-    if model.name:
-        return model.name
     inner = chat_model_of(model)
+    # A configurable model builds a chat model whenever an attribute it lacks is
+    # read (with the config of the LangGraph node it is read in): read its own.
+    explicit = model.name if inner is not None else vars(model).get("name")
+    if explicit:
+        return explicit
     if inner is None:
         default = getattr(model, "_default_config", None) or {}
         configured = default.get("model") if isinstance(default, dict) else None
