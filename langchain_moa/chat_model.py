@@ -8,7 +8,7 @@ import hashlib
 import math
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import replace
 from functools import cached_property
@@ -34,7 +34,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.config import get_stream_writer
 from langgraph.graph.state import CompiledStateGraph
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from langchain_moa._compat import convert_cached_generations, openai_root_async_client
 from langchain_moa.callbacks import InnerCallbacks, child_manager, inner_context
@@ -265,6 +265,8 @@ class MoAChatModel(BaseChatModel):
     ``"tracers"`` (LangSmith and other tracers; the ensemble looks like one chat
     model to everything else) or ``"all"``."""
 
+    _profile_from_aggregator: bool = PrivateAttr(default=False)
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
 
     @model_validator(mode="before")
@@ -334,9 +336,11 @@ class MoAChatModel(BaseChatModel):
                 f"proposer layer has {narrowest} proposer(s)"
             )
             raise ValueError(msg)
-        if self.profile is None and (aggregator := chat_model_of(self.aggregator)) is not None:
-            # What create_agent reads to choose its structured-output strategy.
-            self.__dict__["profile"] = aggregator.profile
+        if self.profile is None:
+            # What create_agent reads to choose its structured-output strategy;
+            # it follows the aggregator (see _forget_derived).
+            self._profile_from_aggregator = True
+            self.__dict__["profile"] = self._aggregator_profile()
         return self
 
     # -- state derived from the settings ----------------------------------------
@@ -346,10 +350,24 @@ class MoAChatModel(BaseChatModel):
     def _forget_derived(self) -> None:
         for name in _DERIVED:
             self.__dict__.pop(name, None)
+        if self._profile_from_aggregator:
+            self.__dict__["profile"] = self._aggregator_profile()
+
+    def _aggregator_profile(self) -> Any:
+        aggregator = chat_model_of(self.aggregator)
+        return aggregator.profile if aggregator is not None else None
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
         self._forget_derived()
+
+    def model_copy(
+        self, *, update: Mapping[str, Any] | None = None, deep: bool = False
+    ) -> MoAChatModel:
+        """A copy, with ``update`` applied; derived state follows the copy's settings."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied._forget_derived()
+        return copied
 
     def __copy__(self) -> MoAChatModel:
         copied = super().__copy__()

@@ -735,3 +735,15 @@ def test_bad_per_call_values_are_refused_before_any_request(
     with pytest.raises((TypeError, ValueError), match=name):
         llm.invoke(QUESTION, **{name: value})
     assert requested(openai_simulator, tag) == {}
+
+
+def test_the_profile_follows_a_new_aggregator(openai_simulator: OpenAISimulator) -> None:
+    first = openai_simulator.chat_model("profile-agg-a", profile={"structured_output": False})
+    second = openai_simulator.chat_model("profile-agg-b", profile={"structured_output": True})
+    llm = MoAChatModel(
+        proposers=[openai_simulator.chat_model("profile-p")], aggregator=first, layers=2
+    )
+    assert llm.profile == {"structured_output": False}
+    assert llm.model_copy(update={"aggregator": second}).profile == {"structured_output": True}
+    llm.aggregator = second
+    assert llm.profile == {"structured_output": True}
