@@ -98,6 +98,7 @@ class LineUp:
         max_tokens: Token limit of every inner call.
         options: Further ``MoAChatModel`` fields (``proposer_timeout``,
             ``layer_deadline``, ``min_proposers``, ``max_concurrency`` ...).
+        fallback: The fallback aggregator, if any.
         source: Where the answers come from, in words (no secrets).
         simulated: Whether the models are the bundled simulator's.
     """
@@ -109,6 +110,7 @@ class LineUp:
     temperature: float = PAPER_TEMPERATURE
     max_tokens: int = PAPER_MAX_TOKENS
     options: Mapping[str, Any] = field(default_factory=dict)
+    fallback: ModelSpec | None = None
     source: str = ""
     simulated: bool = False
 
@@ -120,11 +122,14 @@ class LineUp:
                 setting (a pydantic ``ValidationError`` names it).
         """
         settings = (self.temperature, self.max_tokens)
+        options = dict(self.options)
+        if self.fallback is not None:
+            options["fallback_aggregator"] = self.fallback.build(*settings)
         return MoAChatModel(
             proposers=[spec.build(*settings) for spec in self.proposers],
             aggregator=self.aggregator.build(*settings),
             layers=self.layers,
-            **dict(self.options),
+            **options,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,6 +142,7 @@ class LineUp:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "options": dict(self.options),
+            "fallback": self.fallback.to_dict() if self.fallback else None,
             "source": self.source,
             "simulated": self.simulated,
         }
@@ -152,6 +158,7 @@ class LineUp:
             temperature=data["temperature"],
             max_tokens=data["max_tokens"],
             options=dict(data.get("options") or {}),
+            fallback=ModelSpec(**data["fallback"]) if data.get("fallback") else None,
             source=data.get("source", ""),
             simulated=data.get("simulated", False),
         )
