@@ -24,11 +24,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -260,14 +262,30 @@ def _fail(message: str) -> int:
     return 2
 
 
+class _Stopped(Exception):
+    """SIGTERM, re-raised by uvicorn after its graceful shutdown."""
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped
+
+
 def _run(config: uvicorn.Config, workers: int, sock: socket.socket) -> None:
-    """Serve on the bound socket until a signal stops uvicorn."""
+    """Serve on the bound socket until SIGINT or SIGTERM, then shut down gracefully.
+
+    uvicorn handles the signal, shuts down, then raises it again once its own
+    handlers are gone: that second time it ends the run here, quietly.
+    """
+    previous = signal.signal(signal.SIGTERM, _stopped)
     try:
         if workers > 1:
             Multiprocess(config, sockets=[sock]).run()
         else:
             uvicorn.Server(config).run(sockets=[sock])
+    except (KeyboardInterrupt, _Stopped):
+        pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         sock.close()
 
 
