@@ -6,8 +6,9 @@ process. Each batch sends every request at once: through
 ``openai.AsyncOpenAI`` to the server, or as ``ainvoke``/``astream`` calls in
 process; batches of both kinds alternate. Figures: the server's throughput ÷
 in-process throughput, the latency it adds (p50 and p99 of the server's
-latencies minus the same percentile in process), the server's CPU time per
-request (every server process, from ``/proc``) and resident memory per worker.
+latencies minus the same percentile in process, under that load and for
+requests sent one at a time), the server's CPU time per request (every server
+process, from ``/proc``) and resident memory per worker.
 """
 
 from __future__ import annotations
@@ -99,6 +100,16 @@ async def _batch(call: Call, requests: int) -> tuple[float, list[float]]:
     return requests / (time.perf_counter() - started), list(latencies)
 
 
+async def _one_at_a_time(call: Call, requests: int) -> list[float]:
+    """Latencies of ``requests`` requests sent one after another (no load)."""
+    latencies = []
+    for i in range(requests):
+        started = time.perf_counter()
+        await call(f"{QUESTION} (alone {i})")
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
 async def _measure(
     server: ServedProcess, llm: MoAChatModel, sizes: Sizes, workers: int
 ) -> dict[str, Any]:
@@ -123,6 +134,8 @@ async def _measure(
                 after = own_cpu()
                 if before is not None and after is not None:
                     rows["local_cpu"].append((after - before) / requests * 1000)
+            rows["alone"] = await _one_at_a_time(remote[mode], sizes.serve_sequential)
+            rows["local_alone"] = await _one_at_a_time(local[mode], sizes.serve_sequential)
             results[mode] = rows
     rss = [rss_mib(pid) for pid in server.worker_pids(workers)]
     results["rss_mib"] = [r for r in rss if r is not None]
@@ -140,6 +153,8 @@ def _summary(rows: dict[str, list[Any]]) -> dict[str, float]:
         "local_p50_ms": percentile(local, 50) * 1000,
         "server_p99_ms": percentile(server, 99) * 1000,
         "local_p99_ms": percentile(local, 99) * 1000,
+        "alone_p50_ms": percentile(rows["alone"], 50) * 1000,
+        "local_alone_p50_ms": percentile(rows["local_alone"], 50) * 1000,
         "cpu_ms": median(rows["cpu"]) if rows["cpu"] else float("nan"),
         "local_cpu_ms": median(rows["local_cpu"]) if rows["local_cpu"] else float("nan"),
     }
@@ -161,7 +176,7 @@ def _figures(workers: int, mode: str, s: dict[str, float], requests: int) -> lis
         ),
         Figure(
             f"added_p50_ms_{tag}",
-            f"{what}: added p50 latency",
+            f"{what}: added p50 latency, {requests} concurrent",
             s["server_p50_ms"] - s["local_p50_ms"],
             unit="ms",
             compared_to=f"{in_process}: p50",
@@ -169,8 +184,17 @@ def _figures(workers: int, mode: str, s: dict[str, float], requests: int) -> lis
             target=ADDED_P50_TARGET,
         ),
         Figure(
+            f"added_p50_ms_alone_{tag}",
+            f"{what}: added p50 latency, one request at a time",
+            s["alone_p50_ms"] - s["local_alone_p50_ms"],
+            unit="ms",
+            compared_to=f"{in_process}, one at a time: p50",
+            baseline=s["local_alone_p50_ms"],
+            target=ADDED_P50_TARGET,
+        ),
+        Figure(
             f"added_p99_ms_{tag}",
-            f"{what}: added p99 latency",
+            f"{what}: added p99 latency, {requests} concurrent",
             s["server_p99_ms"] - s["local_p99_ms"],
             unit="ms",
             compared_to=f"{in_process}: p99",

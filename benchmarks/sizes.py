@@ -41,6 +41,7 @@ class Sizes:
         serve_latency: First-token latency of every model (serve).
         serve_workers: ``moa serve --workers`` values measured (serve).
         serve_repeats: Timed batches of each kind per worker count (serve).
+        serve_sequential: Requests sent one at a time, for latency without load (serve).
     """
 
     repeats: int = 5
@@ -73,6 +74,7 @@ class Sizes:
     serve_latency: float = 0.3
     serve_workers: tuple[int, ...] = (1, 2)
     serve_repeats: int = 3
+    serve_sequential: int = 10
 
     def to_dict(self) -> dict[str, Any]:
         """The knobs as JSON-ready values."""
@@ -109,5 +111,6 @@ QUICK = replace(
     serve_latency=0.05,
     serve_workers=(1,),
     serve_repeats=1,
+    serve_sequential=2,
 )
 """A tiny run that only checks that every benchmark works (smoke test)."""
