@@ -52,6 +52,7 @@ SPEC_ENV = "MOA_SERVE_SPEC"
 """How the parent hands line-ups and settings (no keys) to worker processes."""
 
 _DEFAULTS = ServerSettings()
+_KEEP_ALIVE_S = 65
 _PROG = "moa serve"
 
 
@@ -319,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "log_level": args.log_level,
             "access_log": args.access_log,
             "timeout_graceful_shutdown": 5,
+            # Longer than a client's or load balancer's idle connections (often 60 s):
+            # otherwise a pooled connection can be reused just as the server closes it.
+            "timeout_keep_alive": _KEEP_ALIVE_S,
         }
         if args.workers > 1:
             os.environ[SPEC_ENV] = json.dumps(

@@ -108,7 +108,7 @@ def _model(value: Any, endpoint: Mapping[str, Any], where: str) -> ModelSpec:
         if setting is not None and not isinstance(setting, str):
             msg = f"{where}: {key} must be a string"
             raise ConfigError(msg)
-    key_env = settings.get("api_key_env")
+    key_env = settings.get("api_key_env") or None  # "" undoes an inherited variable
     return ModelSpec(name, settings.get("base_url"), key_env, key_required=key_env is not None)
 
 
