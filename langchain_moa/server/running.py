@@ -9,7 +9,6 @@ calls, which closes their HTTP requests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -115,12 +114,6 @@ class EnsembleRun:
     def cancel(self) -> None:
         """Stop the run and its inner calls (nothing happens once it ended)."""
         self._task.cancel()
-
-    async def wait_cancelled(self) -> None:
-        """Cancel the run and wait until it has wound down."""
-        self.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
 
 
 async def _disconnected(receive: Receive) -> None:
