@@ -36,6 +36,12 @@ class Sizes:
         throughput_repeats: Timed batches of each kind (throughput).
         memory_requests: Concurrent ``ainvoke`` requests (memory).
         memory_latency: First-token latency of every model (memory).
+        serve_requests: Concurrent requests per batch (serve).
+        serve_proposers: Proposers of the served MoA-Lite ensemble (serve).
+        serve_latency: First-token latency of every model (serve).
+        serve_workers: ``moa serve --workers`` values measured (serve).
+        serve_repeats: Timed batches of each kind per worker count (serve).
+        serve_sequential: Requests sent one at a time, for latency without load (serve).
     """
 
     repeats: int = 5
@@ -63,6 +69,12 @@ class Sizes:
     throughput_repeats: int = 2
     memory_requests: int = 500
     memory_latency: float = 0.5
+    serve_requests: int = 100
+    serve_proposers: int = 3
+    serve_latency: float = 0.3
+    serve_workers: tuple[int, ...] = (1, 2)
+    serve_repeats: int = 3
+    serve_sequential: int = 10
 
     def to_dict(self) -> dict[str, Any]:
         """The knobs as JSON-ready values."""
@@ -94,5 +106,11 @@ QUICK = replace(
     throughput_repeats=1,
     memory_requests=10,
     memory_latency=0.05,
+    serve_requests=8,
+    serve_proposers=2,
+    serve_latency=0.05,
+    serve_workers=(1,),
+    serve_repeats=1,
+    serve_sequential=2,
 )
 """A tiny run that only checks that every benchmark works (smoke test)."""

@@ -14,6 +14,10 @@ Model selection, first match wins:
 4. Nothing configured, or ``--simulate``: the bundled simulator on loopback; the
    answer is simulated and the command says so.
 
+``moa serve ...`` runs the OpenAI-compatible server instead (see
+:mod:`langchain_moa.server.cli`); to ask the question "serve", write
+``moa -- serve``.
+
 The question is the positional argument or, when it is ``-`` or missing and
 standard input is not a terminal, standard input. A usage error (no or an
 empty question, ``--layers 1``, a setting the ensemble refuses, a server whose
@@ -39,6 +43,7 @@ from langchain_moa._extras import missing_extra
 from langchain_moa.chat_model import PROGRESS_EVENT, MoAChatModel
 from langchain_moa.cli_arguments import add_model_arguments
 from langchain_moa.errors import MoAError, describe_error, redact
+from langchain_moa.lineups import LineUp, same_endpoint
 from langchain_moa.presets import (
     MOA_AGGREGATOR,
     MOA_LITE_AGGREGATOR,
@@ -46,7 +51,6 @@ from langchain_moa.presets import (
     OPENAI_PROPOSERS,
     PAPER_PROPOSERS,
     TOGETHER_BASE_URL,
-    openai_compatible_moa,
 )
 
 try:
@@ -118,7 +122,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="moa",
         description=(
             "Answer a question with a Mixture-of-Agents ensemble. With no key and no "
-            "base URL configured, the bundled local simulator answers (simulated)."
+            "base URL configured, the bundled local simulator answers (simulated). "
+            "'moa serve --help': serve ensembles over an OpenAI-compatible HTTP API."
         ),
         epilog=(
             "Environment: OPENAI_BASE_URL (+ OPENAI_API_KEY) for an OpenAI-compatible "
@@ -204,20 +209,37 @@ def _served_models(base_url: str) -> list[str]:
     raise ValueError(msg)
 
 
-def _custom_server(
-    args: argparse.Namespace, base_url: str, settings: dict[str, Any]
-) -> tuple[MoAChatModel, str]:
+def _custom_server(args: argparse.Namespace, base_url: str, settings: dict[str, Any]) -> LineUp:
     """The ensemble on an OpenAI-compatible server, named or listed models."""
     proposers = args.proposers or _served_models(base_url)[:_MAX_LISTED_PROPOSERS]
     aggregator = args.aggregator or proposers[0]
-    llm = openai_compatible_moa(proposers, aggregator, base_url=base_url, **settings)
     listed = "" if args.proposers else " (listed by its GET /models)"
     source = f"models served by {base_url}{listed}: {', '.join(proposers)} propose, "
-    return llm, f"{source}{aggregator} aggregates"
+    return same_endpoint(
+        "moa",
+        proposers,
+        aggregator,
+        base_url=base_url,
+        api_key_env="OPENAI_API_KEY",
+        source=f"{source}{aggregator} aggregates",
+        **settings,
+    )
 
 
-def _choose(args: argparse.Namespace, stack: ExitStack) -> tuple[MoAChatModel, str]:
-    """Pick the ensemble and describe where its answers come from."""
+def choose_lineup(args: argparse.Namespace, stack: ExitStack) -> LineUp:
+    """Pick the line-up, first match wins (see the module docstring).
+
+    Args:
+        args: Parsed options: ``layers``, ``proposers``, ``aggregator``,
+            ``temperature``, ``max_tokens``, ``base_url`` and ``simulate``.
+        stack: Owns the simulator, if one is started.
+
+    Returns:
+        The line-up, named ``moa``; its ``source`` says where answers come from.
+
+    Raises:
+        ValueError: A server's models cannot be listed.
+    """
     settings: dict[str, Any] = {
         "layers": args.layers,
         "temperature": args.temperature,
@@ -227,37 +249,70 @@ def _choose(args: argparse.Namespace, stack: ExitStack) -> tuple[MoAChatModel, s
     base_url = None if args.simulate else args.base_url or os.environ.get("OPENAI_BASE_URL")
     if base_url:
         return _custom_server(args, base_url, settings)
-    together = None if args.simulate else os.environ.get("TOGETHER_API_KEY")
-    if together:
-        proposers = args.proposers or list(PAPER_PROPOSERS)
-        aggregator = args.aggregator or (MOA_LITE_AGGREGATOR if lite else MOA_AGGREGATOR)
-        llm = openai_compatible_moa(
-            proposers, aggregator, base_url=TOGETHER_BASE_URL, api_key=together, **settings
+    paper = {
+        "proposers": args.proposers or list(PAPER_PROPOSERS),
+        "aggregator": args.aggregator or (MOA_LITE_AGGREGATOR if lite else MOA_AGGREGATOR),
+    }
+    if not args.simulate and os.environ.get("TOGETHER_API_KEY"):
+        return same_endpoint(
+            "moa",
+            **paper,
+            base_url=TOGETHER_BASE_URL,
+            api_key_env="TOGETHER_API_KEY",
+            key_required=True,
+            source="the paper's line-up on Together",
+            **settings,
         )
-        return llm, "the paper's line-up on Together"
-    openai_key = None if args.simulate else os.environ.get("OPENAI_API_KEY")
-    if openai_key:
-        proposers = args.proposers or list(OPENAI_PROPOSERS)
-        aggregator = args.aggregator or OPENAI_AGGREGATOR
-        llm = openai_compatible_moa(proposers, aggregator, api_key=openai_key, **settings)
-        return llm, "OpenAI"
+    if not args.simulate and os.environ.get("OPENAI_API_KEY"):
+        return same_endpoint(
+            "moa",
+            args.proposers or list(OPENAI_PROPOSERS),
+            args.aggregator or OPENAI_AGGREGATOR,
+            base_url=None,
+            api_key_env="OPENAI_API_KEY",
+            key_required=True,
+            source="OpenAI",
+            **settings,
+        )
     from langchain_moa.testing import ModelBehavior, OpenAISimulator
 
-    proposers = args.proposers or list(PAPER_PROPOSERS)
-    aggregator = args.aggregator or (MOA_LITE_AGGREGATOR if lite else MOA_AGGREGATOR)
     behaviors = {
         name: ModelBehavior(first_token_latency=_SIMULATED_LATENCY[i % len(_SIMULATED_LATENCY)])
-        for i, name in enumerate(proposers)
+        for i, name in enumerate(paper["proposers"])
     }
     simulator = stack.enter_context(OpenAISimulator(behaviors=behaviors))
-    llm = openai_compatible_moa(
-        proposers, aggregator, base_url=simulator.base_url, api_key="simulator", **settings
+    return same_endpoint(
+        "moa",
+        **paper,
+        base_url=simulator.base_url,
+        api_key_env=None,
+        source="SIMULATED answers from the local simulator (no API key or base URL set)",
+        simulated=True,
+        **settings,
     )
-    return llm, "SIMULATED answers from the local simulator (no API key or base URL set)"
+
+
+def _choose(args: argparse.Namespace, stack: ExitStack) -> tuple[MoAChatModel, str]:
+    """Build the chosen ensemble and describe where its answers come from."""
+    lineup = choose_lineup(args, stack)
+    return lineup.build(), lineup.source
+
+
+def _serve(argv: list[str]) -> int:
+    """``moa serve ...``: the OpenAI-compatible server (needs the ``server`` extra)."""
+    try:
+        from langchain_moa.server.cli import main as serve
+    except ImportError as error:
+        sys.stderr.write(
+            f"moa serve: error: the server needs the server extra "
+            f"(pip install 'langchain-moa[server]'); missing: {error.name}\n"
+        )
+        return 2
+    return serve(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``moa`` command.
+    """Run the ``moa`` command (``moa serve ...`` runs the server).
 
     Args:
         argv: Arguments (default: ``sys.argv[1:]``).
@@ -269,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         SystemExit: Status 2 from argparse for a bad argument or no question
             (and 0 after ``--help``).
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
     parser = _build_parser()
     args = parser.parse_args(argv)
     question = _read_question(args.question, parser)

@@ -45,6 +45,40 @@ PAPER_TEMPERATURE = 0.7
 PAPER_MAX_TOKENS = 2048
 
 
+def openai_chat_model(
+    model: str,
+    *,
+    base_url: str | None,
+    api_key: str,
+    temperature: float = PAPER_TEMPERATURE,
+    max_tokens: int = PAPER_MAX_TOKENS,
+    **model_kwargs: Any,
+) -> ChatOpenAI:
+    """One inner model on an OpenAI-compatible endpoint, as the presets build them.
+
+    Args:
+        model: The model name.
+        base_url: The endpoint (``None``: OpenAI's).
+        api_key: The key, handed to ``ChatOpenAI`` as a secret.
+        temperature: Sampling temperature.
+        max_tokens: Token limit.
+        **model_kwargs: Further ``ChatOpenAI`` arguments; ``max_retries`` is 0
+            unless given (the ensemble retries transient failures itself).
+
+    Returns:
+        The chat model, reporting usage when it streams.
+    """
+    return ChatOpenAI(
+        model=model,
+        base_url=base_url,
+        api_key=SecretStr(api_key),
+        temperature=temperature,
+        max_tokens=max_tokens,  # type: ignore[call-arg]
+        stream_usage=True,
+        **{"max_retries": 0, **model_kwargs},
+    )
+
+
 def openai_compatible_moa(
     proposers: Sequence[str],
     aggregator: str,
@@ -81,14 +115,13 @@ def openai_compatible_moa(
     key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
 
     def chat(model: str) -> ChatOpenAI:
-        return ChatOpenAI(
-            model=model,
+        return openai_chat_model(
+            model,
             base_url=base_url,
-            api_key=SecretStr(key),
+            api_key=key,
             temperature=temperature,
-            max_tokens=max_tokens,  # type: ignore[call-arg]
-            stream_usage=True,
-            **{"max_retries": 0, **model_kwargs},
+            max_tokens=max_tokens,
+            **model_kwargs,
         )
 
     return MoAChatModel(

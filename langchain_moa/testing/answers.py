@@ -65,16 +65,58 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from langchain_moa.wire import (
+    SYSTEM_ROLES,
+    RequestError,
+    assistant_message,
+    chunk_body,
+    chunk_choice,
+    completion_body,
+    content_text,
+    error_body,
+    function_tools,
+    named_choice,
+    tool_call_object,
+    validate_request,
+)
+
+__all__ = [
+    "NON_TEXT_PART_TOKENS",
+    "REFERENCES_MARKER",
+    "RequestError",
+    "SimulatedTurn",
+    "ToolCall",
+    "apply_stop",
+    "choose_tool",
+    "completion_response",
+    "content_text",
+    "count_tokens",
+    "error_body",
+    "find_references",
+    "generate_from_schema",
+    "json_object_answer",
+    "last_user_text",
+    "parse_references",
+    "prompt_tokens",
+    "quoted_strings",
+    "request_digest",
+    "simulate",
+    "simulated_answer",
+    "split_tokens",
+    "stream_chunks",
+    "validate_request",
+]
+
+SYSTEM_FINGERPRINT = "fp_simulator"
+"""The ``system_fingerprint`` of every simulated answer."""
+
 REFERENCES_MARKER = "Responses from models:"
 """The marker line that starts a Mixture-of-Agents reference block."""
 
 NON_TEXT_PART_TOKENS = 1
 """Prompt tokens counted for every non-text content part (image, audio, ...)."""
 
-_SYSTEM_ROLES = frozenset({"system", "developer"})
-_KNOWN_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _TRANSPORT_KEYS = frozenset({"stream", "stream_options"})
-_TOOL_CHOICE_MODES = frozenset({"none", "auto", "required"})
 _MAX_DEPTH = 8
 _STOPWORDS = frozenset(
     {
@@ -123,211 +165,9 @@ _FORMAT_VALUES = {
 }
 
 
-class RequestError(ValueError):
-    """A chat-completion request body that the simulator rejects with 400.
-
-    Attributes:
-        param: The offending request parameter, if any.
-    """
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-    @property
-    def message(self) -> str:
-        """The error message."""
-        return str(self)
-
-
-# ---------------------------------------------------------------------------
-# Request validation
-# ---------------------------------------------------------------------------
-
-
-def _function_tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Return the ``function`` entries of the function tools of a request."""
-    tools = body.get("tools") or []
-    return [
-        tool["function"]
-        for tool in tools
-        if isinstance(tool, Mapping) and tool.get("type", "function") == "function"
-    ]
-
-
-def validate_request(body: Any) -> dict[str, Any]:
-    """Check a chat-completion request body the way the simulator needs it.
-
-    Only what the simulator relies on is checked; unknown parameters (and
-    ``temperature``, ``top_p``, ``seed``, ``user``, ``parallel_tool_calls``,
-    ...) are accepted and ignored.
-
-    Args:
-        body: The decoded JSON body.
-
-    Returns:
-        The body, unchanged.
-
-    Raises:
-        RequestError: If the body is not a valid request.
-    """
-    if not isinstance(body, Mapping):
-        msg = "The request body must be a JSON object."
-        raise RequestError(msg)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        msg = "you must provide a model parameter (a non-empty string)"
-        raise RequestError(msg, "model")
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        msg = "'messages' is a required property and must be an array"
-        raise RequestError(msg, "messages")
-    if not messages:
-        msg = "'messages' must contain at least one message"
-        raise RequestError(msg, "messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            msg = f"messages[{index}] must be an object"
-            raise RequestError(msg, f"messages[{index}]")
-        if message.get("role") not in _KNOWN_ROLES:
-            msg = (
-                f"messages[{index}].role must be one of "
-                f"{', '.join(sorted(_KNOWN_ROLES))}, got {message.get('role')!r}"
-            )
-            raise RequestError(msg, f"messages[{index}].role")
-        content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            msg = f"messages[{index}].content must be a string or an array"
-            raise RequestError(msg, f"messages[{index}].content")
-    n = body.get("n")
-    if n is not None and n != 1:
-        msg = "the simulator only supports n=1"
-        raise RequestError(msg, "n")
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = body.get(name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            msg = f"{name} must be an integer >= 1, got {value!r}"
-            raise RequestError(msg, name)
-    stop = body.get("stop")
-    if stop is not None and not (
-        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
-    ):
-        msg = "stop must be a string or an array of strings"
-        raise RequestError(msg, "stop")
-    stream_options = body.get("stream_options")
-    if stream_options is not None and not isinstance(stream_options, Mapping):
-        msg = "stream_options must be an object"
-        raise RequestError(msg, "stream_options")
-    _validate_tools(body)
-    _validate_response_format(body.get("response_format"))
-    return dict(body)
-
-
-def _validate_tools(body: Mapping[str, Any]) -> None:
-    tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            msg = "tools must be an array"
-            raise RequestError(msg, "tools")
-        for index, tool in enumerate(tools):
-            if not isinstance(tool, Mapping):
-                msg = f"tools[{index}] must be an object"
-                raise RequestError(msg, f"tools[{index}]")
-            if tool.get("type", "function") != "function":
-                continue
-            function = tool.get("function")
-            if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
-                msg = f"tools[{index}].function.name must be a string"
-                raise RequestError(msg, f"tools[{index}].function")
-            parameters = function.get("parameters")
-            if parameters is not None and not isinstance(parameters, Mapping):
-                msg = f"tools[{index}].function.parameters must be an object"
-                raise RequestError(msg, f"tools[{index}].function.parameters")
-    choice = body.get("tool_choice")
-    if choice is None:
-        return
-    names = [function["name"] for function in _function_tools(body)]
-    if isinstance(choice, str):
-        if choice not in _TOOL_CHOICE_MODES:
-            msg = f"tool_choice must be one of none, auto, required; got {choice!r}"
-            raise RequestError(msg, "tool_choice")
-        if choice == "required" and not names:
-            msg = "tool_choice 'required' is only allowed when tools are specified"
-            raise RequestError(msg, "tool_choice")
-        return
-    name = _named_choice(choice)
-    if name is None:
-        msg = "unsupported tool_choice; use a mode string or a function name"
-        raise RequestError(msg, "tool_choice")
-    if name not in names:
-        msg = f"tool_choice names the function {name!r}, which is not in tools"
-        raise RequestError(msg, "tool_choice")
-
-
-def _named_choice(choice: Any) -> str | None:
-    if (
-        isinstance(choice, Mapping)
-        and choice.get("type") == "function"
-        and isinstance(choice.get("function"), Mapping)
-        and isinstance(choice["function"].get("name"), str)
-    ):
-        return choice["function"]["name"]
-    return None
-
-
-def _validate_response_format(response_format: Any) -> None:
-    if response_format is None:
-        return
-    if not isinstance(response_format, Mapping):
-        msg = "response_format must be an object"
-        raise RequestError(msg, "response_format")
-    kind = response_format.get("type")
-    if kind not in {"text", "json_object", "json_schema"}:
-        msg = f"response_format.type must be one of text, json_object, json_schema; got {kind!r}"
-        raise RequestError(msg, "response_format.type")
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-            msg = "response_format.json_schema must be an object with a name"
-            raise RequestError(msg, "response_format.json_schema")
-        schema = spec.get("schema")
-        if schema is not None and not isinstance(schema, Mapping):
-            msg = "response_format.json_schema.schema must be an object"
-            raise RequestError(msg, "response_format.json_schema.schema")
-
-
 # ---------------------------------------------------------------------------
 # Messages, tokens and references
 # ---------------------------------------------------------------------------
-
-
-def content_text(content: Any) -> str:
-    """Return the text of a message content.
-
-    Args:
-        content: A string, a list of content parts or ``None``.
-
-    Returns:
-        The string itself, or the concatenated ``text`` of the ``text`` parts
-        (other parts are skipped); ``""`` for anything else.
-    """
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if isinstance(part, str):
-                texts.append(part)
-            elif (
-                isinstance(part, Mapping)
-                and part.get("type") == "text"
-                and isinstance(part.get("text"), str)
-            ):
-                texts.append(part["text"])
-        return "".join(texts)
-    return ""
 
 
 def split_tokens(text: str) -> list[str]:
@@ -480,7 +320,7 @@ def find_references(messages: Iterable[Mapping[str, Any]]) -> list[str]:
         The references (see :func:`parse_references`), or ``[]``.
     """
     for message in messages:
-        if message.get("role") in _SYSTEM_ROLES:
+        if message.get("role") in SYSTEM_ROLES:
             references = parse_references(content_text(message.get("content")))
             if references:
                 return references
@@ -1004,11 +844,11 @@ def choose_tool(request_body: Mapping[str, Any]) -> dict[str, Any] | None:
         The ``function`` object of the tool to call, or ``None`` to answer
         with content.
     """
-    tools = _function_tools(request_body)
+    tools = function_tools(request_body)
     choice = request_body.get("tool_choice", "auto")
     if not tools or choice == "none":
         return None
-    named = _named_choice(choice)
+    named = named_choice(choice)
     if named is not None:
         return next((tool for tool in tools if tool["name"] == named), None)
     messages = [m for m in request_body.get("messages") or [] if isinstance(m, Mapping)]
@@ -1189,38 +1029,19 @@ def completion_response(turn: SimulatedTurn, *, response_id: str, created: int) 
     Returns:
         The JSON-serialisable response body.
     """
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": turn.content,
-        "refusal": None,
-    }
+    calls = ()
     if turn.tool_call is not None:
-        message["tool_calls"] = [
-            {
-                "id": turn.tool_call.id,
-                "type": "function",
-                "function": {
-                    "name": turn.tool_call.name,
-                    "arguments": turn.tool_call.arguments,
-                },
-            }
-        ]
-    return {
-        "id": response_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": turn.model,
-        "system_fingerprint": "fp_simulator",
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": turn.finish_reason,
-            }
-        ],
-        "usage": turn.usage,
-    }
+        call = turn.tool_call
+        calls = (tool_call_object(call.id, call.name, call.arguments),)
+    return completion_body(
+        response_id=response_id,
+        created=created,
+        model=turn.model,
+        message=assistant_message(turn.content, calls),
+        finish_reason=turn.finish_reason,
+        usage=turn.usage,
+        system_fingerprint=SYSTEM_FINGERPRINT,
+    )
 
 
 def stream_chunks(
@@ -1250,14 +1071,7 @@ def stream_chunks(
             {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [
-                    {
-                        "index": 0,
-                        "id": call.id,
-                        "type": "function",
-                        "function": {"name": call.name, "arguments": ""},
-                    }
-                ],
+                "tool_calls": [{"index": 0, **tool_call_object(call.id, call.name, "")}],
             }
         )
         deltas.extend(
@@ -1268,84 +1082,21 @@ def stream_chunks(
         tokens = split_tokens(turn.content or "") or [""]
         deltas.extend({"content": token} for token in tokens)
         deltas[0] = {"role": "assistant", **deltas[0]}
-
-    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = {
-            "id": response_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": turn.model,
-            "system_fingerprint": "fp_simulator",
-            "choices": choices,
-        }
-        if include_usage:
-            result["usage"] = None
-        return result
-
+    common = {
+        "response_id": response_id,
+        "created": created,
+        "model": turn.model,
+        "include_usage": include_usage,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+    last = len(deltas) - 1
     chunks = [
-        chunk(
-            [
-                {
-                    "index": 0,
-                    "delta": delta,
-                    "logprobs": None,
-                    "finish_reason": turn.finish_reason if index == len(deltas) - 1 else None,
-                }
-            ]
+        chunk_body(
+            choices=[chunk_choice(delta, turn.finish_reason if index == last else None)],
+            **common,
         )
         for index, delta in enumerate(deltas)
     ]
     if include_usage:
-        last = chunk([])
-        last["usage"] = turn.usage
-        chunks.append(last)
+        chunks.append(chunk_body(choices=[], usage=turn.usage, **common))
     return chunks
-
-
-_ERROR_KINDS = {
-    400: ("invalid_request_error", "invalid_request"),
-    401: ("invalid_request_error", "invalid_api_key"),
-    403: ("permission_error", "permission_denied"),
-    404: ("invalid_request_error", "not_found"),
-    408: ("timeout", "timeout"),
-    409: ("invalid_request_error", "conflict"),
-    422: ("invalid_request_error", "unprocessable_entity"),
-    429: ("requests", "rate_limit_exceeded"),
-    500: ("server_error", "server_error"),
-    502: ("server_error", "bad_gateway"),
-    503: ("server_error", "service_unavailable"),
-    504: ("server_error", "timeout"),
-}
-
-
-def error_body(status: int, message: str, *, param: str | None = None) -> dict[str, Any]:
-    """Build an OpenAI-style error body.
-
-    Args:
-        status: The HTTP status.
-        message: The human-readable message.
-        param: The offending parameter, if any.
-
-    Returns:
-        ``{"error": {"message", "type", "param", "code"}}`` with ``type`` and
-        ``code`` chosen after the status (``"requests"`` /
-        ``"rate_limit_exceeded"`` for 429, ``"server_error"`` for 5xx,
-        ``"invalid_request_error"`` for other 4xx).
-    """
-    default = (
-        ("server_error", "server_error")
-        if status >= 500
-        else (
-            "invalid_request_error",
-            "invalid_request",
-        )
-    )
-    error_type, code = _ERROR_KINDS.get(status, default)
-    return {
-        "error": {
-            "message": message,
-            "type": error_type,
-            "param": param,
-            "code": code,
-        }
-    }

@@ -36,16 +36,22 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_moa._extras import missing_extra
 from langchain_moa.testing.answers import (
-    RequestError,
     SimulatedTurn,
     completion_response,
-    error_body,
     request_digest,
     simulate,
     stream_chunks,
-    validate_request,
 )
 from langchain_moa.testing.behavior import ModelBehavior
+from langchain_moa.wire import (
+    SSE_DONE,
+    RequestError,
+    error_body,
+    model_list,
+    model_object,
+    sse_event,
+    validate_request,
+)
 
 try:
     from aiohttp import web
@@ -607,16 +613,14 @@ class OpenAISimulator:
         with self._lock:
             configured = list(self._states)
         names = list(dict.fromkeys([*DEFAULT_MODELS, *configured]))
-        return web.json_response(
-            {"object": "list", "data": [self._model_object(name) for name in names]}
-        )
+        return web.json_response(model_list([self._model_object(name) for name in names]))
 
     async def _get_model(self, request: web.Request) -> web.Response:
         return web.json_response(self._model_object(request.match_info["model"]))
 
     @staticmethod
     def _model_object(name: str) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": 0, "owned_by": "simulator"}
+        return model_object(name, owned_by="simulator")
 
     async def _wait_until_gone(self, request: web.Request) -> None:
         """Sleep until the client disconnects or the simulator stops."""
@@ -640,6 +644,12 @@ class OpenAISimulator:
         finally:
             with self._lock:
                 self._in_flight -= 1
+
+    @property
+    def in_flight(self) -> int:
+        """Chat-completion requests in progress now (a cancelled client's ends soon after)."""
+        with self._lock:
+            return self._in_flight
 
     @property
     def peak_in_flight(self) -> int:
@@ -699,7 +709,7 @@ class OpenAISimulator:
         response = await self._open_stream(request)
         with contextlib.suppress(ConnectionError):
             await self._write_chunks(response, _shape_stream(chunks, turn, behavior), behavior)
-            await response.write(b"data: [DONE]\n\n")
+            await response.write(SSE_DONE)
             await response.write_eof()
         return response
 
@@ -757,7 +767,7 @@ class OpenAISimulator:
 
     @staticmethod
     def _event(chunk: Mapping[str, Any]) -> bytes:
-        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
+        return sse_event(chunk)
 
     @staticmethod
     async def _open_stream(request: web.Request) -> web.StreamResponse:

@@ -163,7 +163,7 @@ def test_an_invalid_ensemble_is_reported_in_one_line(
                 proposers=[sim.chat_model("p")], aggregator=sim.chat_model("a"), layers=1
             )
 
-    monkeypatch.setattr(cli, "openai_compatible_moa", invalid)
+    monkeypatch.setattr(cli.LineUp, "build", invalid)
     done = run_main("--no-progress", "q")
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
