@@ -20,7 +20,7 @@ BLOCKER = textwrap.dedent(
 
     class _Blocker:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"aiohttp", "rich"}:
+            if name.split(".")[0] in {"aiohttp", "rich", "fastapi", "sse_starlette", "uvicorn"}:
                 raise ImportError(f"No module named {name!r}", name=name.split(".")[0])
             return None
 
@@ -70,6 +70,7 @@ def test_a_missing_extra_names_the_install_to_run() -> None:
         ("langchain_moa.cli", "cli"),
         ("langchain_moa.testing.server", "simulator"),
         ("langchain_moa.experiments", "experiments"),
+        ("langchain_moa.server", "server"),
     ]:
         done = run(f"import {module}")
         assert done.returncode == 1, module
