@@ -14,7 +14,7 @@ try:
 except ImportError as _missing:  # pragma: no cover - depends on the install
     raise missing_extra("server", _missing) from _missing
 
-from langchain_moa.server.app import create_app  # noqa: E402
-from langchain_moa.server.settings import ServerSettings  # noqa: E402
+from langchain_moa.server.app import create_app
+from langchain_moa.server.settings import ServerSettings
 
 __all__ = ["ServerSettings", "create_app"]
