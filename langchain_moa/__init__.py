@@ -2,9 +2,10 @@
 
 from importlib import metadata
 
-from langchain_moa.chat_model import PROGRESS_EVENT, MoAChatModel
+from langchain_moa.chat_model import MoAChatModel
 from langchain_moa.errors import AggregatorFailedError, MoAError, ProposersFailedError
 from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT, ReferenceFormat
+from langchain_moa.runs import PROGRESS_EVENT
 from langchain_moa.state import Proposal
 
 try:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Sequence
-from typing import Literal
-from uuid import UUID
+from contextvars import ContextVar
+from typing import Any, Literal
+from uuid import UUID, uuid4
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -19,6 +20,7 @@ from langchain_core.callbacks import (
     BaseCallbackManager,
     CallbackManager,
 )
+from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tracers.base import AsyncBaseTracer, BaseTracer
 
@@ -86,3 +88,50 @@ def inner_context(policy: InnerCallbacks) -> contextvars.Context:
 def _follows_var(var: contextvars.ContextVar) -> bool:
     handler = var.get(None)
     return handler is None or isinstance(handler, (BaseTracer, AsyncBaseTracer))
+
+
+# LangChain calls ``_stream``/``_astream`` without the run it started:
+# ``MoAChatModel.stream``/``astream`` and ``_should_stream`` hand it over here.
+_STREAM_RUN: ContextVar[tuple[UUID, BaseCallbackManager] | None] = ContextVar(
+    "moa_stream_run", default=None
+)
+
+
+def hand_over_run(run_id: UUID, manager: BaseCallbackManager) -> None:
+    """Leave the run for the next ``_stream``/``_astream`` call in this context."""
+    _STREAM_RUN.set((run_id, manager))
+
+
+def clear_handed_over_run() -> None:
+    """Forget a run that was handed over and not taken."""
+    _STREAM_RUN.set(None)
+
+
+def run_parent(run_manager: Any) -> tuple[UUID | None, Any]:
+    """The run that inner runs nest under, and a manager with its handlers.
+
+    ``stream()``/``astream()`` hand their run over (``hand_over_run``)
+    because LangChain calls ``_stream`` without a run manager.
+    """
+    if run_manager is not None:
+        return run_manager.run_id, run_manager
+    handed_over = _STREAM_RUN.get()
+    _STREAM_RUN.set(None)
+    return handed_over if handed_over else (None, None)
+
+
+def stream_config(
+    model: Any, config: RunnableConfig | None, manager_cls: type[Any]
+) -> RunnableConfig:
+    """``config`` with a run id and the callback manager LangChain would build."""
+    config = ensure_config(config)
+    manager = manager_cls.configure(
+        config.get("callbacks"),
+        model.callbacks,
+        model.verbose,
+        config.get("tags"),
+        model.tags,
+        config.get("metadata"),
+        model.metadata,
+    )
+    return {**config, "run_id": config.get("run_id") or uuid4(), "callbacks": manager}

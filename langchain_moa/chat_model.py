@@ -2,61 +2,55 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import hashlib
-import math
-import queue
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
-from dataclasses import replace
 from functools import cached_property
 from typing import Any, Literal
-from uuid import UUID, uuid4
 
-from langchain_core.caches import BaseCache
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
-    BaseCallbackManager,
     CallbackManager,
     CallbackManagerForLLMRun,
 )
-from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from langgraph.config import get_stream_writer
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from langchain_moa._compat import convert_cached_generations, openai_root_async_client
-from langchain_moa.callbacks import InnerCallbacks, child_manager, inner_context
-from langchain_moa.events import AnswerToken
-from langchain_moa.graph import EngineSettings, RunOptions, build_moa_graph
-from langchain_moa.inner_models import chat_model_of, is_inner_model, model_identity
+from langchain_moa.caching import (
+    NOT_IN_CACHE_KEY,
+    active_cache,
+    cache_key,
+    degraded,
+    setting_identity,
+    uncached_twin,
+)
+from langchain_moa.callbacks import (
+    InnerCallbacks,
+    clear_handed_over_run,
+    hand_over_run,
+    stream_config,
+)
+from langchain_moa.graph import EngineSettings, build_moa_graph
+from langchain_moa.inner_models import chat_model_of, is_inner_model
 from langchain_moa.prompts import (
     DEFAULT_AGGREGATOR_PROMPT,
     DEFAULT_RANKER_PROMPT,
     ReferenceFormat,
 )
 from langchain_moa.resilience import ConcurrencyLimit, RetryPolicy
+from langchain_moa.runs import GraphRun
 from langchain_moa.state import MoAState
 from langchain_moa.structured_output import StructuredMethod, structured_runnable
 from langchain_moa.validation import (
     MAX_LAYERS,
-    check_call_kwargs,
-    check_conversation,
 )
-
-PROGRESS_EVENT = "moa_progress"
-"""Name of the custom callback event that carries progress (see ``events``)."""
 
 _PAPER_LAYERS = 3
 
@@ -95,28 +89,6 @@ ENSEMBLE_FIELDS: frozenset[str] = frozenset(
 """The ensemble's own fields that the engine does not read (the line-up is passed
 as models; ``streaming`` is per call)."""
 _DERIVED = ("graph", "_inner_identities")
-# Fields that do not change an answer: left out of the cache key.
-_NOT_IN_CACHE_KEY = frozenset(
-    {
-        "cache",
-        "callbacks",
-        "callback_manager",
-        "custom_get_token_ids",
-        "disable_streaming",
-        "inner_callbacks",
-        "metadata",
-        "profile",
-        "rate_limiter",
-        "streaming",
-        "tags",
-        "verbose",
-    }
-)
-# Hands the run of ``stream()``/``astream()`` to ``_stream``/``_astream``, which
-# LangChain calls without a run manager (see ``MoAChatModel.stream``).
-_STREAM_RUN: ContextVar[tuple[UUID, BaseCallbackManager] | None] = ContextVar(
-    "moa_stream_run", default=None
-)
 
 
 class MoAChatModel(BaseChatModel):
@@ -234,7 +206,7 @@ class MoAChatModel(BaseChatModel):
 
     max_concurrency: int | None = Field(default=None, ge=1)
     """Most inner calls in flight at once for this ensemble, across concurrent
-    requests (per event loop on the async path). ``None``: no bound."""
+    requests, threads and event loops, streamed or not. ``None``: no bound."""
 
     max_reference_chars: int | None = Field(default=None, ge=1)
     """Character budget of the references one agent reads; longer ones are cut
@@ -438,10 +410,10 @@ class MoAChatModel(BaseChatModel):
         """
         identities: dict[str, Any] = {}
         for name in type(self).model_fields:
-            if name not in _NOT_IN_CACHE_KEY:
+            if name not in NOT_IN_CACHE_KEY:
                 # LangChain's cache key overwrites "stop" with the call's stop.
                 key = "stop_sequences" if name == "stop" else name
-                identities[key] = _setting_identity(getattr(self, name))
+                identities[key] = setting_identity(getattr(self, name))
         return identities
 
     @property
@@ -491,39 +463,6 @@ class MoAChatModel(BaseChatModel):
         return params
 
     # -- running the graph -------------------------------------------------
-
-    def _run_options(
-        self, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
-    ) -> RunOptions:
-        check_call_kwargs(kwargs, stop)
-        aggregator_kwargs = {k: v for k, v in kwargs.items() if k != "stream"}
-        tools = tuple(aggregator_kwargs.pop("tools", None) or ())
-        tool_choice = aggregator_kwargs.pop("tool_choice", None)
-        structured = aggregator_kwargs.pop("structured_output", None)
-        tool_kwargs = {
-            key: aggregator_kwargs.pop(key)
-            for key in ("parallel_tool_calls", "strict")
-            if key in aggregator_kwargs
-        }
-        if stop := stop or self.stop:
-            aggregator_kwargs["stop"] = stop
-        if self.aggregation == "rank" and (tools or structured):
-            msg = (
-                'aggregation="rank" picks a proposal as is: it cannot call tools or follow a schema'
-            )
-            raise ValueError(msg)
-        hidden = ("nostream",) if self.inner_callbacks == "tracers" else ()
-        return RunOptions(
-            aggregator_kwargs=aggregator_kwargs,
-            stream_answer=stream,
-            proposer_tags=hidden,
-            aggregator_tags=hidden,
-            tools=tools,
-            tool_choice=tool_choice,
-            tool_kwargs=tool_kwargs,
-            structured=structured,
-            cancelled=threading.Event(),
-        )
 
     def bind_tools(
         self,
@@ -601,28 +540,6 @@ class MoAChatModel(BaseChatModel):
             self, schema, method=method, include_raw=include_raw, strict=strict
         )
 
-    def _graph_input(self, messages: list[BaseMessage]) -> dict[str, Any]:
-        check_conversation(messages)
-        # Copies: LangGraph's message reducer assigns ids, which must not touch
-        # the caller's objects.
-        return {"messages": [m.model_copy() for m in messages]}
-
-    def _graph_config(
-        self, parent: BaseCallbackManager | None, run_id: UUID | None, *, is_async: bool
-    ) -> RunnableConfig:
-        # Enough threads for the widest layer plus the layer subgraph's own node
-        # (sync LangGraph sizes its thread pool from max_concurrency).
-        width = max(len(layer) for layer in self.proposer_layers) + 1
-        config: RunnableConfig = {
-            "max_concurrency": width,
-            "run_name": "mixture_of_agents",
-        }
-        if parent is not None and run_id is not None:
-            config["callbacks"] = child_manager(
-                parent, run_id, self.inner_callbacks, is_async=is_async
-            )
-        return config
-
     def _result(self, state: MoAState) -> AIMessage:
         """The ensemble's answer, as the graph's ``aggregate`` node wrote it."""
         answer = state["messages"][-1]
@@ -647,15 +564,15 @@ class MoAChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        cache = self._active_cache()
+        cache = active_cache(self)
         if cache is None:
             return super()._generate_with_cache(messages, stop, run_manager, **kwargs)
-        key = self._cache_key(messages, stop, kwargs)
+        key = cache_key(self, messages, stop, kwargs)
         if isinstance(hit := cache.lookup(*key), list):
             return ChatResult(generations=convert_cached_generations(self, hit))
-        uncached = self._uncached_twin()
-        result = BaseChatModel._generate_with_cache(uncached, messages, stop, run_manager, **kwargs)
-        if not _degraded(result):
+        twin = uncached_twin(self)
+        result = BaseChatModel._generate_with_cache(twin, messages, stop, run_manager, **kwargs)
+        if not degraded(result):
             cache.update(*key, result.generations)
         return result
 
@@ -666,38 +583,19 @@ class MoAChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        cache = self._active_cache()
+        cache = active_cache(self)
         if cache is None:
             return await super()._agenerate_with_cache(messages, stop, run_manager, **kwargs)
-        key = self._cache_key(messages, stop, kwargs)
+        key = cache_key(self, messages, stop, kwargs)
         if isinstance(hit := await cache.alookup(*key), list):
             return ChatResult(generations=convert_cached_generations(self, hit))
-        uncached = self._uncached_twin()
+        twin = uncached_twin(self)
         result = await BaseChatModel._agenerate_with_cache(
-            uncached, messages, stop, run_manager, **kwargs
+            twin, messages, stop, run_manager, **kwargs
         )
-        if not _degraded(result):
+        if not degraded(result):
             await cache.aupdate(*key, result.generations)
         return result
-
-    def _active_cache(self) -> BaseCache | None:
-        """The LLM cache LangChain would use for this ensemble, if any."""
-        if self.cache is False:
-            return None
-        return self.cache if isinstance(self.cache, BaseCache) else get_llm_cache()
-
-    def _cache_key(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> tuple[str, str]:
-        """LangChain's cache key: the messages without ids, and the settings."""
-        normalized = [m.model_copy(update={"id": None}) if m.id else m for m in messages]
-        return dumps(normalized), self._get_llm_string(stop=stop, **kwargs)
-
-    def _uncached_twin(self) -> MoAChatModel:
-        """This ensemble with LangChain's own caching off, sharing the compiled graph."""
-        twin = BaseChatModel.__copy__(self)
-        twin.__dict__["cache"] = False
-        return twin
 
     def _generate(
         self,
@@ -706,7 +604,7 @@ class MoAChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        *_, state = self._run(messages, stop, run_manager, kwargs, stream=False)
+        *_, state = GraphRun.prepare(self, messages, stop, run_manager, kwargs).iterate()
         return ChatResult(generations=[ChatGeneration(message=self._result(state))])
 
     async def _agenerate(
@@ -716,8 +614,8 @@ class MoAChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        items = [i async for i in self._arun(messages, stop, run_manager, kwargs, stream=False)]
-        state = items[-1]
+        run = GraphRun.prepare(self, messages, stop, run_manager, kwargs, is_async=True)
+        state = [item async for item in run.aiterate()][-1]
         return ChatResult(generations=[ChatGeneration(message=self._result(state))])
 
     def _stream(
@@ -727,7 +625,8 @@ class MoAChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        for item in self._run(messages, stop, run_manager, kwargs, stream=True):
+        run = GraphRun.prepare(self, messages, stop, run_manager, kwargs, stream=True)
+        for item in run.iterate():
             yield (item if isinstance(item, ChatGenerationChunk) else self._final_chunk(item))
 
     async def _astream(
@@ -737,74 +636,11 @@ class MoAChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        async for item in self._arun(messages, stop, run_manager, kwargs, stream=True):
+        run = GraphRun.prepare(
+            self, messages, stop, run_manager, kwargs, stream=True, is_async=True
+        )
+        async for item in run.aiterate():
             yield (item if isinstance(item, ChatGenerationChunk) else self._final_chunk(item))
-
-    # -- running the graph ---------------------------------------------------
-    # ``_run``/``_arun`` drive the graph's stream and yield the answer's chunks
-    # (when streaming), then the final state. Progress events go to the
-    # caller's handlers as ``moa_progress`` custom events.
-
-    def _run(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        run_manager: CallbackManagerForLLMRun | None,
-        kwargs: dict[str, Any],
-        *,
-        stream: bool,
-    ) -> Iterator[Any]:
-        run_id, parent = _run_parent(run_manager)
-        inputs = self._graph_input(messages)
-        options = self._run_options(stop, kwargs, stream=stream)
-        config = self._graph_config(parent, run_id, is_async=False)
-        progress = _Progress(parent, run_id, CallbackManager)
-        context = inner_context(self.inner_callbacks)
-        state: MoAState | None = None
-
-        def items() -> Iterator[Any]:
-            return self.graph.stream(inputs, config, context=options, **progress.stream_modes())
-
-        for item in _iter_in_thread(context, items, options.cancelled):  # type: ignore[arg-type]
-            kind, payload = _classify(item)
-            if kind == "token":
-                yield _token_chunk(payload)
-            elif kind == "progress":
-                progress.send(payload)
-            elif kind == "state":
-                state = payload
-        yield _checked(state)
-
-    async def _arun(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None,
-        run_manager: AsyncCallbackManagerForLLMRun | None,
-        kwargs: dict[str, Any],
-        *,
-        stream: bool,
-    ) -> AsyncIterator[Any]:
-        run_id, parent = _run_parent(run_manager)
-        inputs = self._graph_input(messages)
-        options = self._run_options(stop, kwargs, stream=stream)
-        options = _without_event(options)
-        config = self._graph_config(parent, run_id, is_async=True)
-        progress = _Progress(parent, run_id, AsyncCallbackManager)
-        context = inner_context(self.inner_callbacks)
-        state: MoAState | None = None
-
-        def items() -> AsyncIterator[Any]:
-            return self.graph.astream(inputs, config, context=options, **progress.stream_modes())
-
-        async for item in _aiter_in_context(context, items):
-            kind, payload = _classify(item)
-            if kind == "token":
-                yield _token_chunk(payload)
-            elif kind == "progress":
-                await progress.asend(payload)
-            elif kind == "state":
-                state = payload
-        yield _checked(state)
 
     # -- handing the run over to _stream ---------------------------------------
 
@@ -823,7 +659,7 @@ class MoAChatModel(BaseChatModel):
         """
         should = super()._should_stream(async_api=async_api, run_manager=run_manager, **kwargs)
         if should and run_manager is not None:
-            _STREAM_RUN.set((run_manager.run_id, run_manager))
+            hand_over_run(run_manager.run_id, run_manager)
         return should
 
     def stream(
@@ -840,12 +676,12 @@ class MoAChatModel(BaseChatModel):
         the run and hands its callback manager over, keeping inner runs nested
         under the ensemble's run.
         """
-        config = self._stream_config(config, CallbackManager)
-        _STREAM_RUN.set((config["run_id"], config["callbacks"]))  # type: ignore[typeddict-item]
+        config = stream_config(self, config, CallbackManager)
+        hand_over_run(config["run_id"], config["callbacks"])  # type: ignore[typeddict-item,arg-type]
         try:
             yield from super().stream(input, config, stop=stop, **kwargs)
         finally:
-            _STREAM_RUN.set(None)
+            clear_handed_over_run()
 
     async def astream(
         self,
@@ -856,216 +692,10 @@ class MoAChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[AIMessageChunk]:
         """Stream the aggregator's answer; see ``BaseChatModel.astream``."""
-        config = self._stream_config(config, AsyncCallbackManager)
-        _STREAM_RUN.set((config["run_id"], config["callbacks"]))  # type: ignore[typeddict-item]
+        config = stream_config(self, config, AsyncCallbackManager)
+        hand_over_run(config["run_id"], config["callbacks"])  # type: ignore[typeddict-item,arg-type]
         try:
             async for chunk in super().astream(input, config, stop=stop, **kwargs):
                 yield chunk
         finally:
-            _STREAM_RUN.set(None)
-
-    def _stream_config(
-        self, config: RunnableConfig | None, manager_cls: type[Any]
-    ) -> RunnableConfig:
-        config = ensure_config(config)
-        manager = manager_cls.configure(
-            config.get("callbacks"),
-            self.callbacks,
-            self.verbose,
-            config.get("tags"),
-            self.tags,
-            config.get("metadata"),
-            self.metadata,
-        )
-        return {
-            **config,
-            "run_id": config.get("run_id") or uuid4(),
-            "callbacks": manager,
-        }
-
-
-class _Progress:
-    """Where a run's progress events go.
-
-    To the caller's handlers, as ``moa_progress`` custom events, and to the
-    ``custom`` stream of the LangGraph node the ensemble runs in, if any.
-    """
-
-    def __init__(self, parent: Any, run_id: UUID | None, manager_cls: type[Any]) -> None:
-        self.run_id = run_id
-        self.manager = None
-        if parent is not None and run_id is not None and parent.handlers:
-            self.manager = manager_cls(handlers=list(parent.handlers), parent_run_id=run_id)
-        self.writer = _outer_stream_writer()
-
-    def stream_modes(self) -> dict[str, Any]:
-        """What to stream from the graph: tokens, states and, if anyone listens, progress.
-
-        Progress events come from the layer subgraphs, so only a listener pays
-        for streaming them.
-        """
-        listening = self.manager is not None or self.writer is not None
-        return {"stream_mode": ["custom", "values"], "subgraphs": listening}
-
-    def send(self, event: dict[str, Any]) -> None:
-        if self.writer is not None:
-            self.writer({"moa_progress": event})
-        if self.manager is not None:
-            self.manager.on_custom_event(PROGRESS_EVENT, event, run_id=self.run_id)
-
-    async def asend(self, event: dict[str, Any]) -> None:
-        if self.writer is not None:
-            self.writer({"moa_progress": event})
-        if self.manager is not None:
-            await self.manager.on_custom_event(PROGRESS_EVENT, event, run_id=self.run_id)
-
-
-def _outer_stream_writer() -> Callable[[Any], None] | None:
-    """The ``custom`` stream writer of the LangGraph node this call runs in, if any."""
-    try:
-        return get_stream_writer()
-    except (RuntimeError, KeyError):  # not inside a LangGraph node
-        return None
-
-
-def _without_event(options: RunOptions) -> RunOptions:
-    """Async runs are cancelled by task cancellation; they need no event."""
-    return replace(options, cancelled=None)
-
-
-def _classify(item: tuple[Any, ...]) -> tuple[str, Any]:
-    """Sort one ``([namespace,] mode, payload)`` item of the graph's stream.
-
-    Returns ``("token", AnswerToken)``, ``("progress", event dict)``, ``("state",
-    state)`` for the top-level graph's state, or ``("other", payload)``.
-    """
-    namespace, mode, payload = item if len(item) == 3 else ((), *item)
-    if mode == "custom":
-        return ("token" if isinstance(payload, AnswerToken) else "progress"), payload
-    return ("other" if namespace else "state"), payload
-
-
-def _checked(state: MoAState | None) -> MoAState:
-    if state is None or "aggregation" not in state:
-        msg = "the Mixture-of-Agents graph ended without an answer"
-        raise RuntimeError(msg)
-    return state
-
-
-def _run_parent(run_manager: Any) -> tuple[UUID | None, Any]:
-    """The run that inner runs nest under, and a manager with its handlers.
-
-    ``stream()``/``astream()`` hand their run over through ``_STREAM_RUN``
-    because LangChain calls ``_stream`` without a run manager.
-    """
-    if run_manager is not None:
-        return run_manager.run_id, run_manager
-    handed_over = _STREAM_RUN.get()
-    _STREAM_RUN.set(None)
-    return handed_over if handed_over else (None, None)
-
-
-def _token_chunk(token: AnswerToken) -> ChatGenerationChunk:
-    """Re-emit an aggregator chunk without its own usage and metadata.
-
-    The ensemble's summed usage and metadata go on the final chunk only, since
-    LangChain adds usage and concatenates metadata strings across chunks.
-    """
-    inner = token.chunk
-    return ChatGenerationChunk(
-        message=AIMessageChunk(
-            content=inner.content,
-            additional_kwargs=inner.additional_kwargs,
-            tool_call_chunks=inner.tool_call_chunks,
-        )
-    )
-
-
-def _degraded(result: ChatResult) -> bool:
-    return any(g.message.response_metadata.get("degraded") for g in result.generations)
-
-
-def _setting_identity(value: Any) -> Any:
-    """A setting as it enters the cache key: models by identity, long text hashed."""
-    if isinstance(value, Runnable):
-        return model_identity(value)
-    if isinstance(value, (list, tuple)):
-        return [_setting_identity(v) for v in value]
-    if isinstance(value, str) and len(value) > 64:
-        return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    return value
-
-
-def _iter_in_thread(
-    context: contextvars.Context, make: Callable[[], Iterator[Any]], cancelled: threading.Event
-) -> Iterator[Any]:
-    """Iterate a sync graph stream that runs in a thread of its own, inside ``context``.
-
-    The caller only waits on a queue, so a closed stream or Ctrl-C reaches it at
-    once; it then sets ``cancelled``, which stops the inner calls, and waits for
-    the graph to wind down (LangGraph's executor waits for its running nodes).
-    """
-    results: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-
-    def produce() -> None:
-        items = make()
-        try:
-            for item in items:
-                results.put(("item", item))
-                if cancelled.is_set():
-                    break
-        except BaseException as error:
-            results.put(("error", error))
-            return
-        finally:
-            items.close()
-        results.put(("done", None))
-
-    worker = threading.Thread(target=context.run, args=(produce,), name="moa-run", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, value = results.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        cancelled.set()
-        worker.join()
-
-
-async def _aiter_in_context(
-    context: contextvars.Context, make: Callable[[], AsyncIterator[Any]]
-) -> AsyncIterator[Any]:
-    """Iterate an async iterator that runs as a task inside ``context``.
-
-    A task copies the context it is created in, so the producer sees the
-    context's variables for its whole life, whatever the consumer's context.
-    """
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    async def produce() -> None:
-        try:
-            async for item in make():
-                await queue.put(("item", item))
-        except Exception as error:
-            await queue.put(("error", error))
-        await queue.put(("done", None))
-
-    task = context.run(asyncio.ensure_future, produce())
-    try:
-        while True:
-            kind, value = await queue.get()
-            if kind == "done":
-                break
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+            clear_handed_over_run()

@@ -40,7 +40,7 @@ from openai import OpenAI, OpenAIError
 from pydantic import ValidationError
 
 from langchain_moa._extras import missing_extra
-from langchain_moa.chat_model import PROGRESS_EVENT, MoAChatModel
+from langchain_moa.chat_model import MoAChatModel
 from langchain_moa.cli_arguments import add_model_arguments
 from langchain_moa.errors import MoAError, describe_error, redact
 from langchain_moa.lineups import LineUp, same_endpoint
@@ -52,6 +52,7 @@ from langchain_moa.presets import (
     PAPER_PROPOSERS,
     TOGETHER_BASE_URL,
 )
+from langchain_moa.runs import PROGRESS_EVENT
 
 try:
     from rich.console import Console, Group

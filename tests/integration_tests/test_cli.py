@@ -17,8 +17,7 @@ from uuid import uuid4
 
 import pytest
 
-from langchain_moa import MoAChatModel, cli
-from langchain_moa.chat_model import PROGRESS_EVENT
+from langchain_moa import PROGRESS_EVENT, MoAChatModel, cli
 from langchain_moa.testing import ModelBehavior, OpenAISimulator
 from langchain_moa.testing.server import DEFAULT_MODELS
 

@@ -1,0 +1,333 @@
+"""Driving one run of the graph for ``MoAChatModel``.
+
+The graph's stream is sorted into the answer's tokens, progress events and the
+final state. A sync run streams in a thread of its own and an async run in a
+task, each inside the context prepared for inner calls, so that the caller only
+waits for the next item: a closed stream, Ctrl-C or a cancelled task reaches it
+at once. Progress goes to the caller's handlers and to the ``custom`` stream of
+the LangGraph node the ensemble runs in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackManager, CallbackManager
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.runnables import RunnableConfig
+from langgraph.config import get_stream_writer
+
+from langchain_moa.callbacks import child_manager, inner_context, run_parent
+from langchain_moa.events import AnswerToken
+from langchain_moa.graph import RunOptions
+from langchain_moa.state import MoAState
+from langchain_moa.validation import check_call_kwargs, check_conversation
+
+if TYPE_CHECKING:
+    from langchain_moa.chat_model import MoAChatModel
+
+PROGRESS_EVENT = "moa_progress"
+"""Name of the custom callback event that carries progress (see ``events``)."""
+
+
+class Progress:
+    """Where a run's progress events go.
+
+    To the caller's handlers, as ``moa_progress`` custom events, and to the
+    ``custom`` stream of the LangGraph node the ensemble runs in, if any.
+    """
+
+    def __init__(self, parent: Any, run_id: UUID | None, manager_cls: type[Any]) -> None:
+        self.run_id = run_id
+        self.manager = None
+        if parent is not None and run_id is not None and parent.handlers:
+            self.manager = manager_cls(handlers=list(parent.handlers), parent_run_id=run_id)
+        self.writer = outer_stream_writer()
+
+    def stream_modes(self) -> dict[str, Any]:
+        """What to stream from the graph: tokens, states and, if anyone listens, progress.
+
+        Progress events come from the layer subgraphs, so only a listener pays
+        for streaming them.
+        """
+        listening = self.manager is not None or self.writer is not None
+        return {"stream_mode": ["custom", "values"], "subgraphs": listening}
+
+    def send(self, event: dict[str, Any]) -> None:
+        """Deliver one progress event (sync run)."""
+        if self.writer is not None:
+            self.writer({"moa_progress": event})
+        if self.manager is not None:
+            self.manager.on_custom_event(PROGRESS_EVENT, event, run_id=self.run_id)
+
+    async def asend(self, event: dict[str, Any]) -> None:
+        """Deliver one progress event (async run)."""
+        if self.writer is not None:
+            self.writer({"moa_progress": event})
+        if self.manager is not None:
+            await self.manager.on_custom_event(PROGRESS_EVENT, event, run_id=self.run_id)
+
+
+def outer_stream_writer() -> Callable[[Any], None] | None:
+    """The ``custom`` stream writer of the LangGraph node this call runs in, if any."""
+    try:
+        return get_stream_writer()
+    except (RuntimeError, KeyError):  # not inside a LangGraph node
+        return None
+
+
+def classify(item: tuple[Any, ...]) -> tuple[str, Any]:
+    """Sort one ``([namespace,] mode, payload)`` item of the graph's stream.
+
+    Returns ``("token", AnswerToken)``, ``("progress", event dict)``, ``("state",
+    state)`` for the top-level graph's state, or ``("other", payload)``.
+    """
+    namespace, mode, payload = item if len(item) == 3 else ((), *item)
+    if mode == "custom":
+        return ("token" if isinstance(payload, AnswerToken) else "progress"), payload
+    return ("other" if namespace else "state"), payload
+
+
+def checked(state: MoAState | None) -> MoAState:
+    """The final state, if the graph produced an answer."""
+    if state is None or "aggregation" not in state:
+        msg = "the Mixture-of-Agents graph ended without an answer"
+        raise RuntimeError(msg)
+    return state
+
+
+def token_chunk(token: AnswerToken) -> ChatGenerationChunk:
+    """Re-emit an aggregator chunk without its own usage and metadata.
+
+    The ensemble's summed usage and metadata go on the final chunk only, since
+    LangChain adds usage and concatenates metadata strings across chunks.
+    """
+    inner = token.chunk
+    return ChatGenerationChunk(
+        message=AIMessageChunk(
+            content=inner.content,
+            additional_kwargs=inner.additional_kwargs,
+            tool_call_chunks=inner.tool_call_chunks,
+        )
+    )
+
+
+def iter_in_thread(
+    context: contextvars.Context, make: Callable[[], Iterator[Any]], cancelled: threading.Event
+) -> Iterator[Any]:
+    """Iterate a sync graph stream that runs in a thread of its own, inside ``context``.
+
+    The caller only waits on a queue, so a closed stream or Ctrl-C reaches it at
+    once; it then sets ``cancelled``, which stops the inner calls, and waits for
+    the graph to wind down (LangGraph's executor waits for its running nodes).
+    """
+    results: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+
+    def produce() -> None:
+        items = make()
+        try:
+            for item in items:
+                results.put(("item", item))
+                if cancelled.is_set():
+                    break
+        except BaseException as error:
+            results.put(("error", error))
+            return
+        finally:
+            items.close()
+        results.put(("done", None))
+
+    worker = threading.Thread(target=context.run, args=(produce,), name="moa-run", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = results.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        cancelled.set()
+        worker.join()
+
+
+async def aiter_in_context(
+    context: contextvars.Context, make: Callable[[], AsyncIterator[Any]]
+) -> AsyncIterator[Any]:
+    """Iterate an async iterator that runs as a task inside ``context``.
+
+    A task copies the context it is created in, so the producer sees the
+    context's variables for its whole life, whatever the consumer's context.
+    """
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def produce() -> None:
+        try:
+            async for item in make():
+                await queue.put(("item", item))
+        except Exception as error:
+            await queue.put(("error", error))
+        await queue.put(("done", None))
+
+    task = context.run(asyncio.ensure_future, produce())
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "done":
+                break
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@dataclass
+class GraphRun:
+    """One call's run of the ensemble's graph, prepared from the call's arguments.
+
+    ``iterate``/``aiterate`` yield the answer's chunks (when streaming), then
+    the final state; progress events go out as they come.
+    """
+
+    graph: Any
+    inputs: dict[str, Any]
+    options: RunOptions
+    config: RunnableConfig
+    progress: Progress
+    context: contextvars.Context
+
+    @classmethod
+    def prepare(
+        cls,
+        model: MoAChatModel,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: Any,
+        kwargs: dict[str, Any],
+        *,
+        stream: bool = False,
+        is_async: bool = False,
+    ) -> GraphRun:
+        """Check the call and prepare its run (no provider is called).
+
+        Raises:
+            ValueError: The conversation cannot be answered (see ``validation``).
+            TypeError: A per-call argument is unknown or of the wrong type.
+        """
+        run_id, parent = run_parent(run_manager)
+        check_conversation(messages)
+        # Copies: LangGraph's message reducer assigns ids, which must not touch
+        # the caller's objects.
+        inputs = {"messages": [m.model_copy() for m in messages]}
+        options = run_options(model, stop, kwargs, stream=stream)
+        manager_cls = AsyncCallbackManager if is_async else CallbackManager
+        return cls(
+            graph=model.graph,
+            inputs=inputs,
+            # Async runs are cancelled by task cancellation; they need no event.
+            options=replace(options, cancelled=None) if is_async else options,
+            config=graph_config(model, parent, run_id, is_async=is_async),
+            progress=Progress(parent, run_id, manager_cls),
+            context=inner_context(model.inner_callbacks),
+        )
+
+    def iterate(self) -> Iterator[Any]:
+        """Drive a sync run."""
+        state: MoAState | None = None
+
+        def items() -> Iterator[Any]:
+            modes = self.progress.stream_modes()
+            return self.graph.stream(self.inputs, self.config, context=self.options, **modes)
+
+        for item in iter_in_thread(self.context, items, self.options.cancelled):  # type: ignore[arg-type]
+            kind, payload = classify(item)
+            if kind == "token":
+                yield token_chunk(payload)
+            elif kind == "progress":
+                self.progress.send(payload)
+            elif kind == "state":
+                state = payload
+        yield checked(state)
+
+    async def aiterate(self) -> AsyncIterator[Any]:
+        """Drive an async run."""
+        state: MoAState | None = None
+
+        def items() -> AsyncIterator[Any]:
+            modes = self.progress.stream_modes()
+            return self.graph.astream(self.inputs, self.config, context=self.options, **modes)
+
+        async for item in aiter_in_context(self.context, items):
+            kind, payload = classify(item)
+            if kind == "token":
+                yield token_chunk(payload)
+            elif kind == "progress":
+                await self.progress.asend(payload)
+            elif kind == "state":
+                state = payload
+        yield checked(state)
+
+
+def run_options(
+    model: MoAChatModel, stop: list[str] | None, kwargs: dict[str, Any], *, stream: bool
+) -> RunOptions:
+    """The graph's per-call options from a call's arguments.
+
+    Raises:
+        TypeError: A per-call argument is unknown or of the wrong type.
+        ValueError: Tools or a schema with ``aggregation="rank"``.
+    """
+    check_call_kwargs(kwargs, stop)
+    aggregator_kwargs = {k: v for k, v in kwargs.items() if k != "stream"}
+    tools = tuple(aggregator_kwargs.pop("tools", None) or ())
+    tool_choice = aggregator_kwargs.pop("tool_choice", None)
+    structured = aggregator_kwargs.pop("structured_output", None)
+    tool_kwargs = {
+        key: aggregator_kwargs.pop(key)
+        for key in ("parallel_tool_calls", "strict")
+        if key in aggregator_kwargs
+    }
+    if stop := stop or model.stop:
+        aggregator_kwargs["stop"] = stop
+    if model.aggregation == "rank" and (tools or structured):
+        msg = 'aggregation="rank" picks a proposal as is: it cannot call tools or follow a schema'
+        raise ValueError(msg)
+    hidden = ("nostream",) if model.inner_callbacks == "tracers" else ()
+    return RunOptions(
+        aggregator_kwargs=aggregator_kwargs,
+        stream_answer=stream,
+        proposer_tags=hidden,
+        aggregator_tags=hidden,
+        tools=tools,
+        tool_choice=tool_choice,
+        tool_kwargs=tool_kwargs,
+        structured=structured,
+        cancelled=threading.Event(),
+    )
+
+
+def graph_config(
+    model: MoAChatModel, parent: BaseCallbackManager | None, run_id: UUID | None, *, is_async: bool
+) -> RunnableConfig:
+    """The graph run's config: its name, thread pool size and the inner callbacks."""
+    # Enough threads for the widest layer plus the layer subgraph's own node
+    # (sync LangGraph sizes its thread pool from max_concurrency).
+    width = max(len(layer) for layer in model.proposer_layers) + 1
+    config: RunnableConfig = {"max_concurrency": width, "run_name": "mixture_of_agents"}
+    if parent is not None and run_id is not None:
+        config["callbacks"] = child_manager(
+            parent, run_id, model.inner_callbacks, is_async=is_async
+        )
+    return config
