@@ -38,7 +38,7 @@ from langchain_moa.callbacks import (
     stream_config,
 )
 from langchain_moa.graph import EngineSettings, build_moa_graph
-from langchain_moa.inner_models import chat_model_of, is_inner_model
+from langchain_moa.inner_models import chat_model_of
 from langchain_moa.prompts import (
     DEFAULT_AGGREGATOR_PROMPT,
     DEFAULT_RANKER_PROMPT,
@@ -48,9 +48,7 @@ from langchain_moa.resilience import ConcurrencyLimit, RetryPolicy
 from langchain_moa.runs import GraphRun
 from langchain_moa.state import MoAState
 from langchain_moa.structured_output import StructuredMethod, structured_runnable
-from langchain_moa.validation import (
-    MAX_LAYERS,
-)
+from langchain_moa.validation import MAX_LAYERS, check_line_up
 
 _PAPER_LAYERS = 3
 
@@ -244,38 +242,8 @@ class MoAChatModel(BaseChatModel):
     @model_validator(mode="before")
     @classmethod
     def _check_proposers(cls, values: Any) -> Any:
-        if not isinstance(values, dict):
-            return values
-        proposers = values.get("proposers")
-        if is_inner_model(proposers) or not isinstance(proposers, Sequence):
-            msg = "proposers must be a list of chat models or a list of lists of chat models"
-            raise ValueError(msg)
-        if not proposers:
-            msg = "proposers is empty: give at least one proposer model"
-            raise ValueError(msg)
-        nested = [isinstance(p, Sequence) and not isinstance(p, str) for p in proposers]
-        if any(nested) and not all(nested):
-            msg = "proposers mixes models and lists: give a list of models or a list of lists"
-            raise ValueError(msg)
-        layers = proposers if all(nested) else [proposers]
-        for number, layer in enumerate(layers, 1):
-            if not layer:
-                msg = f"proposer layer {number} is empty: every layer needs a proposer"
-                raise ValueError(msg)
-            for position, model in enumerate(layer):
-                if not is_inner_model(model):
-                    where = (
-                        f"layer {number}, position {position}"
-                        if all(nested)
-                        else f"position {position}"
-                    )
-                    msg = f"proposer at {where} is a {type(model).__name__}, not a chat model"
-                    raise ValueError(msg)
-        for name in ("aggregator", "fallback_aggregator"):
-            model = values.get(name)
-            if name in values and model is not None and not is_inner_model(model):
-                msg = f"{name} is a {type(model).__name__}, not a chat model"
-                raise ValueError(msg)
+        if isinstance(values, dict):
+            check_line_up(values)
         return values
 
     @model_validator(mode="after")

@@ -9,6 +9,8 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage, ChatMessage, HumanMessage
 
+from langchain_moa.inner_models import is_inner_model
+
 MAX_LAYERS = 50
 """Most layers an ensemble may have (each is a full round of model calls)."""
 
@@ -175,3 +177,42 @@ def check_generation_arguments(kwargs: Mapping[str, Any]) -> None:
     for name, bounds in checks.items():
         if kwargs.get(name) is not None:
             _number(name, kwargs[name], **bounds)
+
+
+def check_line_up(values: Mapping[str, Any]) -> None:
+    """Refuse proposers and aggregators that are not chat models, naming where.
+
+    Raises:
+        ValueError: No proposers, an empty layer, models mixed with lists, or an
+            entry that is not a chat model (or a runnable wrapping one).
+    """
+    proposers = values.get("proposers")
+    if is_inner_model(proposers) or not isinstance(proposers, Sequence):
+        msg = "proposers must be a list of chat models or a list of lists of chat models"
+        raise ValueError(msg)
+    if not proposers:
+        msg = "proposers is empty: give at least one proposer model"
+        raise ValueError(msg)
+    nested = [isinstance(p, Sequence) and not isinstance(p, str) for p in proposers]
+    if any(nested) and not all(nested):
+        msg = "proposers mixes models and lists: give a list of models or a list of lists"
+        raise ValueError(msg)
+    layers = proposers if all(nested) else [proposers]
+    for number, layer in enumerate(layers, 1):
+        if not layer:
+            msg = f"proposer layer {number} is empty: every layer needs a proposer"
+            raise ValueError(msg)
+        for position, model in enumerate(layer):
+            if not is_inner_model(model):
+                where = (
+                    f"layer {number}, position {position}"
+                    if all(nested)
+                    else f"position {position}"
+                )
+                msg = f"proposer at {where} is a {type(model).__name__}, not a chat model"
+                raise ValueError(msg)
+    for name in ("aggregator", "fallback_aggregator"):
+        model = values.get(name)
+        if name in values and model is not None and not is_inner_model(model):
+            msg = f"{name} is a {type(model).__name__}, not a chat model"
+            raise ValueError(msg)
