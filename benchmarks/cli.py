@@ -1,8 +1,14 @@
-"""``python -m benchmarks``: run every benchmark, print a table, write JSON."""
+"""``python -m benchmarks``: run every benchmark, print a table, write JSON (and charts).
+
+``--plots DIR`` also writes PNG charts of the results (needs the ``[bench]``
+extra); with ``--from-results PATH`` it draws them from a saved results file
+and runs nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +75,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}",
     )
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        metavar="DIR",
+        help=(
+            "also write PNG charts to DIR: critical_path.png, ttft.png, tail_latency.png "
+            "(needs the [bench] extra: matplotlib)"
+        ),
+    )
+    parser.add_argument(
+        "--from-results",
+        type=Path,
+        metavar="PATH",
+        help="with --plots: draw the charts from this results JSON and run nothing",
+    )
     return parser
 
 
@@ -126,7 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status (0 even when a target is missed: this reports, it does not test).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.from_results is not None:
+        if args.plots is None:
+            parser.error("--from-results needs --plots DIR")
+        results = json.loads(args.from_results.read_text(encoding="utf-8"))
+        return _plot(results, args.plots, Console(stderr=True))
     sizes = _sizes(args)
     names = [name for name in BENCHMARKS if not args.only or name in args.only]
     width = None if sys.stdout.isatty() else _PIPED_WIDTH  # a terminal: rich measures it
@@ -138,4 +165,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(args.output, results)
     print_table(console, sections, machine)
     console.print(f"results: {args.output}  ({results['total_seconds']} s in all)")
+    return 0 if args.plots is None else _plot(results, args.plots, log)
+
+
+def _plot(results: dict[str, Any], directory: Path, log: Console) -> int:
+    """Write the charts of ``results`` to ``directory``; say what was written and skipped."""
+    from benchmarks.plots import write_plots
+
+    written, skipped = write_plots(results, directory)
+    for path in written:
+        log.print(f"chart: {path}")
+    for reason in skipped:
+        log.print(f"[yellow]chart skipped:[/yellow] {reason}")
     return 0

@@ -14,6 +14,11 @@ Model selection, first match wins:
 4. Nothing configured, or ``--simulate``: the bundled simulator on loopback; the
    answer is simulated and the command says so.
 
+``moa --graph`` prints the chosen line-up's graph as Mermaid text and exits
+without calling any model (it needs no question). After an answer, ``moa``
+prints the run's timeline (see :mod:`langchain_moa.timeline`) unless
+``--no-timeline``.
+
 ``moa serve ...`` runs the OpenAI-compatible server instead (see
 :mod:`langchain_moa.server.cli`); to ask the question "serve", write
 ``moa -- serve``.
@@ -53,6 +58,7 @@ from langchain_moa.presets import (
     TOGETHER_BASE_URL,
 )
 from langchain_moa.runs import PROGRESS_EVENT
+from langchain_moa.timeline import bar_width_for, render_timeline
 
 try:
     from rich.console import Console, Group
@@ -153,6 +159,19 @@ def _build_parser() -> argparse.ArgumentParser:
         "--simulate", action="store_true", help="use the local simulator even if keys are set"
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show live progress")
+    parser.add_argument(
+        "--no-timeline",
+        action="store_true",
+        help="do not print the timeline (a Gantt chart of every call) after the answer",
+    )
+    parser.add_argument(
+        "--graph",
+        action="store_true",
+        help=(
+            "print the line-up's graph as Mermaid text and exit, without calling any model "
+            "(no question needed)"
+        ),
+    )
     return parser
 
 
@@ -299,6 +318,26 @@ def _choose(args: argparse.Namespace, stack: ExitStack) -> tuple[MoAChatModel, s
     return lineup.build(), lineup.source
 
 
+def _print_graph(args: argparse.Namespace, prog: str) -> int:
+    """``moa --graph``: write the chosen line-up's graph as Mermaid text; call no model.
+
+    Args:
+        args: Parsed options (the line-up's).
+        prog: The command's name, for a usage error.
+
+    Returns:
+        0, or 2 if the line-up cannot be chosen.
+    """
+    with ExitStack() as stack:
+        try:
+            llm, _ = _choose(args, stack)
+        except ValueError as error:
+            sys.stderr.write(f"{prog}: error: {_one_line(error)}\n")
+            return 2
+        sys.stdout.write(llm.graph.get_graph(xray=True).draw_mermaid())
+    return 0
+
+
 def _serve(argv: list[str]) -> int:
     """``moa serve ...``: the OpenAI-compatible server (needs the ``server`` extra)."""
     try:
@@ -330,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(argv[1:])
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if args.graph:
+        return _print_graph(args, parser.prog)
     question = _read_question(args.question, parser)
     console = Console()
     board = ProgressBoard()
@@ -359,6 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{usage.get('output_tokens', 0)} out, {usage.get('total_tokens', 0)} total "
         f"across all inner calls; failed proposers: {failed}"
     )
+    if not args.no_timeline:
+        console.print()
+        width = bar_width_for(console.width)
+        console.print(render_timeline(answer.response_metadata, width=width))
     return 0
 
 

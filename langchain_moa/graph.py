@@ -17,7 +17,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -154,8 +154,9 @@ class _LayerState(MoAState, total=False):
     layer_run: str
 
 
-class _LayerOutput(TypedDict):
+class _LayerOutput(TypedDict, total=False):
     proposals: list[Proposal]
+    run_started: float
 
 
 _DEFAULT_OPTIONS = RunOptions()
@@ -188,6 +189,41 @@ def _inner_config(
 
 def _elapsed(started: float) -> float:
     return round(time.perf_counter() - started, 4)
+
+
+def _timing(state: MoAState, latency: float, first_token: float | None = None) -> dict[str, float]:
+    """A record's ``started_s``/``finished_s``/``first_token_s``, from the run's start.
+
+    Args:
+        state: The graph's state; its ``run_started`` is the origin.
+        latency: The call's duration (its ``latency_s``), measured just now.
+        first_token: When the first streamed token went out (``time.time()``).
+
+    Returns:
+        The offsets in seconds, or nothing if the run's start is unknown.
+    """
+    origin = state.get("run_started")
+    if origin is None:
+        return {}
+    finished = time.time() - origin
+    timing = {"started_s": round(max(finished - latency, 0.0), 4), "finished_s": round(finished, 4)}
+    if first_token is not None:
+        timing["first_token_s"] = round(min(max(first_token - origin, 0.0), finished), 4)
+    return timing
+
+
+class _FirstToken:
+    """A stream writer that notes when the first visible chunk went out."""
+
+    def __init__(self, write: Callable[[Any], None]) -> None:
+        self._write = write
+        self.at: float | None = None  # time.time() of the first visible chunk
+
+    def __call__(self, token: AnswerToken) -> None:
+        chunk = token.chunk
+        if self.at is None and (chunk.content or chunk.tool_call_chunks):
+            self.at = time.time()
+        self._write(token)
 
 
 def _write(event: Any) -> None:
@@ -233,7 +269,11 @@ class _Proposer:
         return InnerCall(self._build, self.model, messages, inner, limits)
 
     def _record(
-        self, call: InnerCall, message: Any = None, error: BaseException | None = None
+        self,
+        state: _LayerState,
+        call: InnerCall,
+        message: Any = None,
+        error: BaseException | None = None,
     ) -> dict:
         if isinstance(error, RunCancelledError):
             raise error
@@ -242,15 +282,17 @@ class _Proposer:
             text, usage = _proposal_text(message), message.usage_metadata
             if call.limits.watch is not None:
                 call.limits.watch.count_success()
+        latency = _elapsed(call.started)
         proposal = Proposal(
             layer=self.layer,
             index=self.index,
             model=self.label,
             text=text,
             usage=usage,
-            latency_s=_elapsed(call.started),
+            latency_s=latency,
             error=describe_error(error) if error is not None else None,
             attempts=max(call.limits.attempts, 1),
+            **_timing(state, latency),
         )
         _write(ProposerFinished(proposal))
         return {"proposals": [proposal]}
@@ -260,16 +302,16 @@ class _Proposer:
         try:
             answer = call.run_sync(self.background.for_model(self.model))
         except Exception as error:
-            return self._record(call, error=error)
-        return self._record(call, answer)
+            return self._record(state, call, error=error)
+        return self._record(state, call, answer)
 
     async def ainvoke(self, state: _LayerState, config: RunnableConfig) -> dict:
         call = self._call(state, config)
         try:
             answer = await call.run_async()
         except Exception as error:
-            return self._record(call, error=error)
-        return self._record(call, answer)
+            return self._record(state, call, error=error)
+        return self._record(state, call, answer)
 
 
 @dataclass
@@ -333,7 +375,7 @@ class _Aggregator:
             limit=self.settings.limit,
             cancelled=options.cancelled,
         )
-        writer = get_stream_writer() if streams else None
+        writer = _FirstToken(get_stream_writer()) if streams else None
         return InnerCall(self._builder(options), model, messages, inner, limits, writer)
 
     def _outcome(
@@ -346,18 +388,22 @@ class _Aggregator:
     ) -> dict:
         if self.settings.ranker_prompt is not None:
             answer = _ranked_choice(state, self.last_layer, answer)
+        first_token = call.writer.at if isinstance(call.writer, _FirstToken) else None
         if options.stream_answer and not self._streams(options):
+            first_token = time.time()
             get_stream_writer()(AnswerToken(AIMessageChunk(content=answer.content)))
         notes = [f"{label}: {describe_error(error)}" for label, error in failures]
+        latency = _elapsed(call.started)
         record = Proposal(
             layer=self.last_layer + 1,
             index=0,
             model=model_label(call.model),
             text=answer.text,
             usage=answer.usage_metadata if isinstance(answer, AIMessage) else None,
-            latency_s=_elapsed(call.started),
+            latency_s=latency,
             attempts=max(call.limits.attempts, 1),
             fallback_from="; ".join(notes) or None,
+            **_timing(state, latency, first_token),
         )
         final = ensemble_answer(answer, state.get("proposals", []), record, self.settings)
         return {"messages": [final], "aggregation": record}
@@ -502,7 +548,8 @@ def _build_layer(
     labels = [model_label(model) for model in proposers]
 
     def start(state: _LayerState) -> dict:
-        update: dict[str, Any] = {}
+        # The first layer's start is the run's start: every record's offsets count from it.
+        update: dict[str, Any] = {"run_started": time.time()} if layer == 1 else {}
         if settings.layer_deadline is not None:
             update["layer_run"] = uuid.uuid4().hex
             LAYER_WATCHES.open(update["layer_run"], settings.layer_deadline, settings.min_proposers)

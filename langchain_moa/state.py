@@ -28,6 +28,12 @@ class Proposal:
         attempts: Calls made, retries of transient failures included.
         fallback_from: For the aggregator: ``"model: error"`` of the primary
             aggregator when the fallback aggregator answered instead.
+        started_s: When the call started, in seconds from the run's start
+            (``run_started``); ``None`` if the run's start is unknown.
+        finished_s: When the call ended (answered or failed), in seconds from
+            the run's start; ``None`` if the run's start is unknown.
+        first_token_s: For a streamed aggregator: when its first token reached
+            the caller, in seconds from the run's start; else ``None``.
     """
 
     layer: int
@@ -39,6 +45,9 @@ class Proposal:
     error: str | None = None
     attempts: int = 1
     fallback_from: str | None = None
+    started_s: float | None = None
+    finished_s: float | None = None
+    first_token_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -66,13 +75,16 @@ class MoAState(TypedDict, total=False):
 
     Input: ``messages`` (the conversation). Output: ``messages`` with the
     aggregator's answer appended (so the graph drops into a ``MessagesState``
-    graph), ``proposals`` (every proposer's answer of every layer) and
-    ``aggregation`` (the aggregator's call: model, latency, usage).
+    graph), ``proposals`` (every proposer's answer of every layer),
+    ``aggregation`` (the aggregator's call: model, latency, usage) and
+    ``run_started`` (when the first layer started, a ``time.time()`` value: the
+    origin of every record's ``started_s``/``finished_s``).
     """
 
     messages: Annotated[list[AnyMessage], add_messages]
     proposals: Annotated[list[Proposal], merge_proposals]
     aggregation: Proposal
+    run_started: float
 
 
 class MoAInput(TypedDict):

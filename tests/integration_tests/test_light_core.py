@@ -68,6 +68,7 @@ def test_an_ensemble_builds_and_runs_without_the_extras(
 def test_a_missing_extra_names_the_install_to_run() -> None:
     for module, extra in [
         ("langchain_moa.cli", "cli"),
+        ("langchain_moa.timeline", "cli"),
         ("langchain_moa.testing.server", "simulator"),
         ("langchain_moa.experiments", "experiments"),
         ("langchain_moa.server", "server"),
