@@ -324,6 +324,11 @@ def _string_value(
         value = f"simulated {name or 'value'}"
     if value is None:
         return None
+    return _fit_length(value, schema)
+
+
+def _fit_length(value: str, schema: Mapping[str, Any]) -> str:
+    """Pad (with ``x``) or cut ``value`` to the schema's ``minLength``/``maxLength``."""
     min_length = schema.get("minLength")
     max_length = schema.get("maxLength")
     if isinstance(min_length, int) and len(value) < min_length:
@@ -368,7 +373,7 @@ def _array_value(schema: Mapping[str, Any], name: str, source: _Source, depth: i
         and items.get("format") not in _FORMAT_VALUES
     ):
         while source.quoted and (maximum is None or len(values) < maximum):
-            values.append(source.quoted.pop(0))
+            values.append(_fit_length(source.quoted.pop(0), items))
     index = len(values)
     while len(values) < minimum:
         index += 1
