@@ -148,7 +148,6 @@ class LineUpPreset:
             or ``OPENAI_BASE_URL`` when the factory builds it).
         api_key_env: The environment variable that holds the provider's key.
         generator_name: The generator name ``moa-generate`` labels answers with.
-        summary: One line about it, for help texts.
     """
 
     name: str
@@ -159,7 +158,6 @@ class LineUpPreset:
     base_url: str | None
     api_key_env: str
     generator_name: str
-    summary: str = ""
 
     def api_key(self, api_key: str | None = None) -> str:
         """The key: ``api_key``, else the provider's variable, read now.
@@ -247,7 +245,6 @@ REGISTRY: dict[str, LineUpPreset] = _registry(
         base_url=TOGETHER_BASE_URL,
         api_key_env="TOGETHER_API_KEY",
         generator_name="together-moa",
-        summary="the paper's MoA: six open proposers, 3 layers, Qwen1.5-110B-Chat aggregating",
     ),
     LineUpPreset(
         "together-moa-lite",
@@ -258,7 +255,6 @@ REGISTRY: dict[str, LineUpPreset] = _registry(
         base_url=TOGETHER_BASE_URL,
         api_key_env="TOGETHER_API_KEY",
         generator_name="together-moa-lite",
-        summary="the paper's MoA-Lite: six open proposers, 2 layers, Qwen1.5-72B-Chat aggregating",
     ),
     LineUpPreset(
         "openai",
@@ -269,7 +265,6 @@ REGISTRY: dict[str, LineUpPreset] = _registry(
         base_url=None,
         api_key_env="OPENAI_API_KEY",
         generator_name="openai-moa",
-        summary="three small OpenAI models proposing, gpt-4o aggregating, 3 layers",
     ),
 )
 """The published line-ups by name: the one place every command chooses them from."""

@@ -188,9 +188,10 @@ def _describe(line_up: LineUp) -> str:
 def _simulated(args: argparse.Namespace, stack: ExitStack) -> ModelChoice:
     from langchain_moa.testing import OpenAISimulator
 
+    line_up = _line_up(args)
     simulator = stack.enter_context(OpenAISimulator())
     source = "SIMULATED answers from the local simulator"
-    line_up = _line_up(args).on_simulator(simulator.base_url, source=source)
+    line_up = line_up.on_simulator(simulator.base_url, source=source)
     return ModelChoice(line_up.build(), source, f"simulated-{line_up.name}", _describe(line_up))
 
 
