@@ -49,14 +49,7 @@ from langchain_moa.chat_model import MoAChatModel
 from langchain_moa.cli_arguments import add_model_arguments
 from langchain_moa.errors import MoAError, describe_error, redact
 from langchain_moa.lineups import LineUp, same_endpoint
-from langchain_moa.presets import (
-    MOA_AGGREGATOR,
-    MOA_LITE_AGGREGATOR,
-    OPENAI_AGGREGATOR,
-    OPENAI_PROPOSERS,
-    PAPER_PROPOSERS,
-    TOGETHER_BASE_URL,
-)
+from langchain_moa.presets import REGISTRY, paper_preset
 from langchain_moa.runs import PROGRESS_EVENT
 from langchain_moa.timeline import bar_width_for, render_timeline
 
@@ -249,6 +242,10 @@ def _custom_server(args: argparse.Namespace, base_url: str, settings: dict[str, 
 def choose_lineup(args: argparse.Namespace, stack: ExitStack) -> LineUp:
     """Pick the line-up, first match wins (see the module docstring).
 
+    The published line-ups come from :data:`langchain_moa.presets.REGISTRY`:
+    ``together-moa-lite`` for ``--layers 2``, else ``together-moa`` (on
+    Together, or on the simulator), and ``openai``.
+
     Args:
         args: Parsed options: ``layers``, ``proposers``, ``aggregator``,
             ``temperature``, ``max_tokens``, ``base_url`` and ``simulate``.
@@ -265,50 +262,28 @@ def choose_lineup(args: argparse.Namespace, stack: ExitStack) -> LineUp:
         "temperature": args.temperature,
         "max_tokens": args.max_tokens,
     }
-    lite = args.layers == 2
     base_url = None if args.simulate else args.base_url or os.environ.get("OPENAI_BASE_URL")
     if base_url:
         return _custom_server(args, base_url, settings)
-    paper = {
-        "proposers": args.proposers or list(PAPER_PROPOSERS),
-        "aggregator": args.aggregator or (MOA_LITE_AGGREGATOR if lite else MOA_AGGREGATOR),
-    }
-    if not args.simulate and os.environ.get("TOGETHER_API_KEY"):
-        return same_endpoint(
-            "moa",
-            **paper,
-            base_url=TOGETHER_BASE_URL,
-            api_key_env="TOGETHER_API_KEY",
-            key_required=True,
-            source="the paper's line-up on Together",
-            **settings,
-        )
-    if not args.simulate and os.environ.get("OPENAI_API_KEY"):
-        return same_endpoint(
-            "moa",
-            args.proposers or list(OPENAI_PROPOSERS),
-            args.aggregator or OPENAI_AGGREGATOR,
-            base_url=None,
-            api_key_env="OPENAI_API_KEY",
-            key_required=True,
-            source="OpenAI",
-            **settings,
-        )
+    chosen = {"name": "moa", "proposers": args.proposers, "aggregator": args.aggregator}
+    paper, openai = paper_preset(args.layers), REGISTRY["openai"]
+    if not args.simulate and os.environ.get(paper.api_key_env):
+        return paper.lineup(**chosen, **settings, source="the paper's line-up on Together")
+    if not args.simulate and os.environ.get(openai.api_key_env):
+        return openai.lineup(**chosen, **settings, source="OpenAI")
     from langchain_moa.testing import ModelBehavior, OpenAISimulator
 
+    lineup = paper.lineup(**chosen, **settings)
     behaviors = {
-        name: ModelBehavior(first_token_latency=_SIMULATED_LATENCY[i % len(_SIMULATED_LATENCY)])
-        for i, name in enumerate(paper["proposers"])
+        spec.model: ModelBehavior(
+            first_token_latency=_SIMULATED_LATENCY[i % len(_SIMULATED_LATENCY)]
+        )
+        for i, spec in enumerate(lineup.proposers)
     }
     simulator = stack.enter_context(OpenAISimulator(behaviors=behaviors))
-    return same_endpoint(
-        "moa",
-        **paper,
-        base_url=simulator.base_url,
-        api_key_env=None,
+    return lineup.on_simulator(
+        simulator.base_url,
         source="SIMULATED answers from the local simulator (no API key or base URL set)",
-        simulated=True,
-        **settings,
     )
 
 

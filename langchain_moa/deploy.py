@@ -35,8 +35,8 @@ from langgraph.graph.state import CompiledStateGraph
 
 from langchain_moa.chat_model import MoAChatModel
 from langchain_moa.cli import choose_lineup
-from langchain_moa.lineups import LineUp, preset_lineup
-from langchain_moa.presets import PAPER_MAX_TOKENS, PAPER_TEMPERATURE
+from langchain_moa.lineups import LineUp
+from langchain_moa.presets import PAPER_MAX_TOKENS, PAPER_TEMPERATURE, preset_lineup
 
 _RESOURCES = ExitStack()
 atexit.register(_RESOURCES.close)

@@ -5,32 +5,66 @@ A :class:`LineUp` names its models, their OpenAI-compatible endpoints and the
 printed, written to a file and handed to another process (``moa serve
 --workers N`` sends it to every worker), and each process reads the keys from
 its own environment when it builds the ensemble with :meth:`LineUp.build`.
+
+The published line-ups, by name, are the registry of :mod:`langchain_moa.presets`
+(``presets.REGISTRY``); ``PRESETS`` and ``preset_lineup`` are still importable
+from here and come from there.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
 
 from langchain_moa.chat_model import MoAChatModel
-from langchain_moa.presets import (
-    MOA_AGGREGATOR,
-    MOA_LITE_AGGREGATOR,
-    OPENAI_AGGREGATOR,
-    OPENAI_PROPOSERS,
-    PAPER_MAX_TOKENS,
-    PAPER_PROPOSERS,
-    PAPER_TEMPERATURE,
-    TOGETHER_BASE_URL,
-    openai_chat_model,
-)
 
 PLACEHOLDER_KEY = "EMPTY"
 """The key sent to a server that needs none (vLLM, Ollama, the simulator)."""
+
+PAPER_TEMPERATURE = 0.7
+"""The paper's sampling temperature, every line-up's default."""
+
+PAPER_MAX_TOKENS = 2048
+"""The paper's token limit per call, every line-up's default."""
+
+
+def openai_chat_model(
+    model: str,
+    *,
+    base_url: str | None,
+    api_key: str,
+    temperature: float = PAPER_TEMPERATURE,
+    max_tokens: int = PAPER_MAX_TOKENS,
+    **model_kwargs: Any,
+) -> ChatOpenAI:
+    """One inner model on an OpenAI-compatible endpoint, as line-ups and presets build them.
+
+    Args:
+        model: The model name.
+        base_url: The endpoint (``None``: OpenAI's).
+        api_key: The key, handed to ``ChatOpenAI`` as a secret.
+        temperature: Sampling temperature.
+        max_tokens: Token limit.
+        **model_kwargs: Further ``ChatOpenAI`` arguments; ``max_retries`` is 0
+            unless given (the ensemble retries transient failures itself).
+
+    Returns:
+        The chat model, reporting usage when it streams.
+    """
+    return ChatOpenAI(
+        model=model,
+        base_url=base_url,
+        api_key=SecretStr(api_key),
+        temperature=temperature,
+        max_tokens=max_tokens,  # type: ignore[call-arg]
+        stream_usage=True,
+        **{"max_retries": 0, **model_kwargs},
+    )
 
 
 @dataclass(frozen=True)
@@ -147,6 +181,29 @@ class LineUp:
             "simulated": self.simulated,
         }
 
+    def on_simulator(self, base_url: str, *, source: str) -> LineUp:
+        """The same line-up with every model answered by the simulator at ``base_url``.
+
+        Args:
+            base_url: The simulator's OpenAI base URL.
+            source: Where the answers come from, in words.
+
+        Returns:
+            The line-up, ``simulated``, its models needing no key.
+        """
+
+        def simulated(spec: ModelSpec) -> ModelSpec:
+            return ModelSpec(spec.model, base_url)
+
+        return replace(
+            self,
+            proposers=tuple(simulated(spec) for spec in self.proposers),
+            aggregator=simulated(self.aggregator),
+            fallback=simulated(self.fallback) if self.fallback else None,
+            source=source,
+            simulated=True,
+        )
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LineUp:
         """The inverse of :meth:`to_dict`."""
@@ -195,56 +252,26 @@ def same_endpoint(
     return LineUp(name, tuple(spec(m) for m in proposers), spec(aggregator), **fields)
 
 
-PRESETS = ("together-moa", "together-moa-lite", "openai")
-"""The published line-ups of :mod:`langchain_moa.presets`, by name."""
+_FROM_PRESETS = frozenset({"PRESETS", "preset_lineup"})
 
 
-def preset_lineup(
-    preset: str,
-    *,
-    layers: int | None = None,
-    temperature: float = PAPER_TEMPERATURE,
-    max_tokens: int = PAPER_MAX_TOKENS,
-) -> LineUp:
-    """A published line-up: ``together-moa``, ``together-moa-lite`` or ``openai``.
+def __getattr__(name: str) -> Any:
+    """``PRESETS`` and ``preset_lineup``, which live in :mod:`langchain_moa.presets`.
+
+    Looked up there on first use: the presets build on this module.
 
     Args:
-        preset: One of :data:`PRESETS`.
-        layers: All layers (default: the preset's).
-        temperature: Sampling temperature of every call.
-        max_tokens: Token limit of every call.
+        name: The attribute name.
 
     Returns:
-        The line-up; its keys come from ``TOGETHER_API_KEY`` / ``OPENAI_API_KEY``.
+        The attribute.
 
     Raises:
-        ValueError: An unknown preset.
+        AttributeError: Any other name.
     """
-    settings = {"temperature": temperature, "max_tokens": max_tokens}
-    if preset in ("together-moa", "together-moa-lite"):
-        lite = preset == "together-moa-lite"
-        return same_endpoint(
-            preset,
-            PAPER_PROPOSERS,
-            MOA_LITE_AGGREGATOR if lite else MOA_AGGREGATOR,
-            base_url=TOGETHER_BASE_URL,
-            api_key_env="TOGETHER_API_KEY",
-            key_required=True,
-            layers=layers or (2 if lite else 3),
-            source=f"the {preset} line-up on Together",
-            **settings,
-        )
-    if preset == "openai":
-        return same_endpoint(
-            preset,
-            OPENAI_PROPOSERS,
-            OPENAI_AGGREGATOR,
-            base_url=None,
-            api_key_env="OPENAI_API_KEY",
-            key_required=True,
-            layers=layers or 3,
-            source="the openai line-up on OpenAI",
-            **settings,
-        )
-    msg = f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}"
-    raise ValueError(msg)
+    if name in _FROM_PRESETS:
+        from langchain_moa import presets
+
+        return getattr(presets, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

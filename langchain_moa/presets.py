@@ -1,4 +1,14 @@
-"""Ready-made ensembles: the paper's line-ups and any OpenAI-compatible endpoint.
+"""Ready-made ensembles: the published line-ups, by name, and any OpenAI-compatible endpoint.
+
+:data:`REGISTRY` is the one list of published line-ups: a name
+(``together-moa``, ``together-moa-lite``, ``openai``) to a
+:class:`LineUpPreset`, which builds the ensemble (:meth:`LineUpPreset.build`)
+or describes it as a :class:`~langchain_moa.lineups.LineUp`
+(:meth:`LineUpPreset.lineup`), with overrides. Every command chooses its
+published line-ups here: ``moa`` (by the key that is set),
+``moa-generate --preset``, ``moa serve --preset`` and the LangGraph
+deployment's ``MOA_PRESET``. :func:`together_moa`, :func:`together_moa_lite`
+and :func:`openai_moa` are thin wrappers around it.
 
 Keys and base URLs come from arguments or the usual environment variables and
 are handed to ``ChatOpenAI`` as secrets; nothing here prints or logs them.
@@ -8,13 +18,43 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_openai import ChatOpenAI
-from pydantic import SecretStr
 
 from langchain_moa.chat_model import MoAChatModel
+from langchain_moa.lineups import (
+    PAPER_MAX_TOKENS,
+    PAPER_TEMPERATURE,
+    LineUp,
+    openai_chat_model,
+    same_endpoint,
+)
+
+__all__ = [
+    "MOA_AGGREGATOR",
+    "MOA_LITE_AGGREGATOR",
+    "OPENAI_AGGREGATOR",
+    "OPENAI_PROPOSERS",
+    "PAPER_MAX_TOKENS",
+    "PAPER_PROPOSERS",
+    "PAPER_TEMPERATURE",
+    "PRESETS",
+    "REGISTRY",
+    "TOGETHER_BASE_URL",
+    "LineUpPreset",
+    "openai_chat_model",
+    "openai_compatible_moa",
+    "openai_moa",
+    "paper_preset",
+    "preset",
+    "preset_lineup",
+    "self_moa",
+    "together_moa",
+    "together_moa_lite",
+]
 
 TOGETHER_BASE_URL = "https://api.together.xyz/v1"
 """Together's OpenAI-compatible endpoint."""
@@ -40,43 +80,6 @@ OPENAI_PROPOSERS = ("gpt-4o-mini", "gpt-4.1-mini", "gpt-4.1-nano")
 
 OPENAI_AGGREGATOR = "gpt-4o"
 """Aggregator of the OpenAI line-up."""
-
-PAPER_TEMPERATURE = 0.7
-PAPER_MAX_TOKENS = 2048
-
-
-def openai_chat_model(
-    model: str,
-    *,
-    base_url: str | None,
-    api_key: str,
-    temperature: float = PAPER_TEMPERATURE,
-    max_tokens: int = PAPER_MAX_TOKENS,
-    **model_kwargs: Any,
-) -> ChatOpenAI:
-    """One inner model on an OpenAI-compatible endpoint, as the presets build them.
-
-    Args:
-        model: The model name.
-        base_url: The endpoint (``None``: OpenAI's).
-        api_key: The key, handed to ``ChatOpenAI`` as a secret.
-        temperature: Sampling temperature.
-        max_tokens: Token limit.
-        **model_kwargs: Further ``ChatOpenAI`` arguments; ``max_retries`` is 0
-            unless given (the ensemble retries transient failures itself).
-
-    Returns:
-        The chat model, reporting usage when it streams.
-    """
-    return ChatOpenAI(
-        model=model,
-        base_url=base_url,
-        api_key=SecretStr(api_key),
-        temperature=temperature,
-        max_tokens=max_tokens,  # type: ignore[call-arg]
-        stream_usage=True,
-        **{"max_retries": 0, **model_kwargs},
-    )
 
 
 def openai_compatible_moa(
@@ -131,13 +134,185 @@ def openai_compatible_moa(
     )
 
 
-def _together(aggregator: str, layers: int, api_key: str | None, kwargs: Any) -> MoAChatModel:
-    key = api_key or os.environ.get("TOGETHER_API_KEY")
-    if not key:
-        msg = "no Together API key: pass api_key= or set TOGETHER_API_KEY"
-        raise ValueError(msg)
-    params: dict[str, Any] = {"base_url": TOGETHER_BASE_URL, "layers": layers, **kwargs}
-    return openai_compatible_moa(PAPER_PROPOSERS, aggregator, api_key=key, **params)
+@dataclass(frozen=True)
+class LineUpPreset:
+    """A published line-up: its models, its layers, and the provider that serves them.
+
+    Attributes:
+        name: The registry key and ``--preset`` value (``"together-moa"``).
+        proposers: Proposer model names (reused in every proposer layer).
+        aggregator: Aggregator model name.
+        layers: All layers, the aggregator's included.
+        provider: Who serves the models, in words (``"Together"``).
+        base_url: The provider's OpenAI-compatible endpoint (``None``: OpenAI's,
+            or ``OPENAI_BASE_URL`` when the factory builds it).
+        api_key_env: The environment variable that holds the provider's key.
+        generator_name: The generator name ``moa-generate`` labels answers with.
+    """
+
+    name: str
+    proposers: tuple[str, ...]
+    aggregator: str
+    layers: int
+    provider: str
+    base_url: str | None
+    api_key_env: str
+    generator_name: str
+
+    def api_key(self, api_key: str | None = None) -> str:
+        """The key: ``api_key``, else the provider's variable, read now.
+
+        Raises:
+            ValueError: Neither is given (the message names the variable,
+                never a value).
+        """
+        key = api_key or os.environ.get(self.api_key_env)
+        if not key:
+            msg = f"no {self.provider} API key: pass api_key= or set {self.api_key_env}"
+            raise ValueError(msg)
+        return key
+
+    def build(self, api_key: str | None = None, **overrides: Any) -> MoAChatModel:
+        """Build the ensemble on the provider.
+
+        Args:
+            api_key: The provider's key; defaults to :attr:`api_key_env`.
+            **overrides: Overrides for :func:`openai_compatible_moa`
+                (``layers``, ``base_url``, ``temperature``, ``max_tokens``,
+                ``timeout``, ...).
+
+        Returns:
+            The ensemble.
+
+        Raises:
+            ValueError: No key.
+        """
+        key = self.api_key(api_key)
+        params: dict[str, Any] = {"base_url": self.base_url, "layers": self.layers, **overrides}
+        return openai_compatible_moa(self.proposers, self.aggregator, api_key=key, **params)
+
+    def lineup(
+        self,
+        *,
+        name: str | None = None,
+        proposers: Sequence[str] | None = None,
+        aggregator: str | None = None,
+        layers: int | None = None,
+        temperature: float = PAPER_TEMPERATURE,
+        max_tokens: int = PAPER_MAX_TOKENS,
+        source: str | None = None,
+    ) -> LineUp:
+        """Describe the line-up on its provider, keys left in the environment.
+
+        Args:
+            name: The line-up's name (default: the preset's).
+            proposers: Other proposer model names (default: the preset's).
+            aggregator: Another aggregator model name (default: the preset's).
+            layers: All layers (default: the preset's).
+            temperature: Sampling temperature of every call.
+            max_tokens: Token limit of every call.
+            source: Where the answers come from, in words (default: "the NAME
+                line-up on PROVIDER").
+
+        Returns:
+            The line-up; building it needs :attr:`api_key_env` to be set.
+        """
+        return same_endpoint(
+            name or self.name,
+            tuple(proposers or self.proposers),
+            aggregator or self.aggregator,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            key_required=True,
+            layers=layers or self.layers,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            source=source or f"the {self.name} line-up on {self.provider}",
+        )
+
+
+def _registry(*presets: LineUpPreset) -> dict[str, LineUpPreset]:
+    return {entry.name: entry for entry in presets}
+
+
+REGISTRY: dict[str, LineUpPreset] = _registry(
+    LineUpPreset(
+        "together-moa",
+        PAPER_PROPOSERS,
+        MOA_AGGREGATOR,
+        3,
+        provider="Together",
+        base_url=TOGETHER_BASE_URL,
+        api_key_env="TOGETHER_API_KEY",
+        generator_name="together-moa",
+    ),
+    LineUpPreset(
+        "together-moa-lite",
+        PAPER_PROPOSERS,
+        MOA_LITE_AGGREGATOR,
+        2,
+        provider="Together",
+        base_url=TOGETHER_BASE_URL,
+        api_key_env="TOGETHER_API_KEY",
+        generator_name="together-moa-lite",
+    ),
+    LineUpPreset(
+        "openai",
+        OPENAI_PROPOSERS,
+        OPENAI_AGGREGATOR,
+        3,
+        provider="OpenAI",
+        base_url=None,
+        api_key_env="OPENAI_API_KEY",
+        generator_name="openai-moa",
+    ),
+)
+"""The published line-ups by name: the one place every command chooses them from."""
+
+PRESETS = tuple(REGISTRY)
+"""The names of :data:`REGISTRY`, in its order."""
+
+
+def preset(name: str) -> LineUpPreset:
+    """The published line-up called ``name``.
+
+    Raises:
+        ValueError: An unknown name (the message lists the known ones).
+    """
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        msg = f"unknown preset {name!r}; choose one of {', '.join(REGISTRY)}"
+        raise ValueError(msg) from None
+
+
+def paper_preset(layers: int) -> LineUpPreset:
+    """The paper's line-up for ``layers``: MoA-Lite for 2, else MoA."""
+    return REGISTRY["together-moa-lite" if layers == 2 else "together-moa"]
+
+
+def preset_lineup(
+    name: str,
+    *,
+    layers: int | None = None,
+    temperature: float = PAPER_TEMPERATURE,
+    max_tokens: int = PAPER_MAX_TOKENS,
+) -> LineUp:
+    """A published line-up as a :class:`~langchain_moa.lineups.LineUp`, named after it.
+
+    Args:
+        name: One of :data:`PRESETS`.
+        layers: All layers (default: the preset's).
+        temperature: Sampling temperature of every call.
+        max_tokens: Token limit of every call.
+
+    Returns:
+        The line-up; its keys come from ``TOGETHER_API_KEY`` / ``OPENAI_API_KEY``.
+
+    Raises:
+        ValueError: An unknown preset.
+    """
+    return preset(name).lineup(layers=layers, temperature=temperature, max_tokens=max_tokens)
 
 
 def together_moa(api_key: str | None = None, **kwargs: Any) -> MoAChatModel:
@@ -147,7 +322,7 @@ def together_moa(api_key: str | None = None, **kwargs: Any) -> MoAChatModel:
         api_key: Together API key; defaults to ``TOGETHER_API_KEY``.
         **kwargs: Overrides for ``openai_compatible_moa`` (``base_url``, ...).
     """
-    return _together(MOA_AGGREGATOR, 3, api_key, kwargs)
+    return REGISTRY["together-moa"].build(api_key, **kwargs)
 
 
 def together_moa_lite(api_key: str | None = None, **kwargs: Any) -> MoAChatModel:
@@ -157,7 +332,7 @@ def together_moa_lite(api_key: str | None = None, **kwargs: Any) -> MoAChatModel
         api_key: Together API key; defaults to ``TOGETHER_API_KEY``.
         **kwargs: Overrides for ``openai_compatible_moa`` (``base_url``, ...).
     """
-    return _together(MOA_LITE_AGGREGATOR, 2, api_key, kwargs)
+    return REGISTRY["together-moa-lite"].build(api_key, **kwargs)
 
 
 def openai_moa(api_key: str | None = None, **kwargs: Any) -> MoAChatModel:
@@ -167,11 +342,7 @@ def openai_moa(api_key: str | None = None, **kwargs: Any) -> MoAChatModel:
         api_key: OpenAI API key; defaults to ``OPENAI_API_KEY``.
         **kwargs: Overrides for ``openai_compatible_moa`` (``layers``, ...).
     """
-    key = api_key or os.environ.get("OPENAI_API_KEY")
-    if not key:
-        msg = "no OpenAI API key: pass api_key= or set OPENAI_API_KEY"
-        raise ValueError(msg)
-    return openai_compatible_moa(OPENAI_PROPOSERS, OPENAI_AGGREGATOR, api_key=key, **kwargs)
+    return REGISTRY["openai"].build(api_key, **kwargs)
 
 
 def self_moa(

@@ -40,7 +40,7 @@ import argparse
 import asyncio
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,17 +54,8 @@ from langchain_moa.cli_arguments import add_model_arguments
 from langchain_moa.errors import redact
 from langchain_moa.generation.instructions import DEFAULT_CONCURRENCY, FORMATS
 from langchain_moa.generation.runner import GenerationReport, agenerate
-from langchain_moa.presets import (
-    MOA_AGGREGATOR,
-    MOA_LITE_AGGREGATOR,
-    OPENAI_AGGREGATOR,
-    OPENAI_PROPOSERS,
-    PAPER_PROPOSERS,
-    openai_compatible_moa,
-    openai_moa,
-    together_moa,
-    together_moa_lite,
-)
+from langchain_moa.lineups import LineUp, same_endpoint
+from langchain_moa.presets import REGISTRY
 
 try:
     from rich.console import Console
@@ -72,35 +63,7 @@ except ImportError as _missing:  # pragma: no cover - depends on the install
     raise missing_extra("cli", _missing) from _missing
 
 
-@dataclass(frozen=True)
-class LineUp:
-    """Model names of an ensemble and the generator name its outputs get.
-
-    Attributes:
-        name: Default generator name.
-        proposers: Proposer model names.
-        aggregator: Aggregator model name.
-        layers: All layers, the aggregator's included.
-    """
-
-    name: str
-    proposers: tuple[str, ...]
-    aggregator: str
-    layers: int
-
-
-PRESET_LINE_UPS: dict[str, LineUp] = {
-    "together-moa": LineUp("together-moa", PAPER_PROPOSERS, MOA_AGGREGATOR, 3),
-    "together-moa-lite": LineUp("together-moa-lite", PAPER_PROPOSERS, MOA_LITE_AGGREGATOR, 2),
-    "openai": LineUp("openai-moa", OPENAI_PROPOSERS, OPENAI_AGGREGATOR, 3),
-}
-"""The ``--preset`` line-ups (``langchain_moa.presets``)."""
-
-_PRESET_FACTORIES: dict[str, Callable[..., Runnable[Any, Any]]] = {
-    "together-moa": together_moa,
-    "together-moa-lite": together_moa_lite,
-    "openai": openai_moa,
-}
+_DEFAULT_PRESET = "together-moa"
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -123,8 +86,8 @@ def _build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--preset",
-        choices=sorted(PRESET_LINE_UPS),
-        help="a published line-up (default: together-moa, the paper's MoA)",
+        choices=sorted(REGISTRY),
+        help=f"a published line-up (default: {_DEFAULT_PRESET}, the paper's MoA)",
     )
     source.add_argument("--base-url", help="any OpenAI-compatible server (vLLM, Ollama, ...)")
     add_model_arguments(parser, layers_default=None)
@@ -166,24 +129,32 @@ def _display_url(url: str) -> str:
 
 
 def _line_up(args: argparse.Namespace) -> LineUp:
-    """The model names of the run: ``--proposer``/``--aggregator`` or the preset's."""
+    """The line-up of the run: ``--proposer``/``--aggregator`` or the preset's.
+
+    Its name is the default generator name: the preset's (with the layers when
+    ``--layers`` changes them), or ``moa-{layers}l-{aggregator}``.
+    """
+    settings = {"temperature": args.temperature, "max_tokens": args.max_tokens}
     if args.proposers or args.aggregator:
         if not (args.proposers and args.aggregator):
             msg = "give both --proposer (one or more) and --aggregator"
             raise ValueError(msg)
         layers = args.layers or 3
-        name = f"moa-{layers}l-{_slug(args.aggregator)}"
-        return LineUp(name, tuple(args.proposers), args.aggregator, layers)
-    preset = PRESET_LINE_UPS[args.preset or "together-moa"]
-    if args.layers and args.layers != preset.layers:
-        return LineUp(
-            f"{preset.name}-{args.layers}l", preset.proposers, preset.aggregator, args.layers
+        return same_endpoint(
+            f"moa-{layers}l-{_slug(args.aggregator)}",
+            tuple(args.proposers),
+            args.aggregator,
+            base_url=args.base_url,
+            api_key_env="OPENAI_API_KEY",
+            layers=layers,
+            **settings,
         )
-    return preset
-
-
-def _model_settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {"temperature": args.temperature, "max_tokens": args.max_tokens}
+    preset = REGISTRY[args.preset or _DEFAULT_PRESET]
+    layers = args.layers or preset.layers
+    name = preset.generator_name
+    if layers != preset.layers:
+        name = f"{name}-{layers}l"
+    return preset.lineup(name=name, layers=layers, **settings)
 
 
 @dataclass(frozen=True)
@@ -204,13 +175,14 @@ class ModelChoice:
     line_up: str
 
 
-def _describe(line_up: LineUp, args: argparse.Namespace, *, simulated: bool = False) -> str:
+def _describe(line_up: LineUp) -> str:
     """The line-up in words: what makes two runs the same generator."""
+    proposers = ", ".join(spec.model for spec in line_up.proposers)
     text = (
-        f"{', '.join(line_up.proposers)} -> {line_up.aggregator}, {line_up.layers} layers, "
-        f"temperature {args.temperature:g}, max_tokens {args.max_tokens}"
+        f"{proposers} -> {line_up.aggregator.model}, {line_up.layers} layers, "
+        f"temperature {line_up.temperature:g}, max_tokens {line_up.max_tokens}"
     )
-    return f"simulated: {text}" if simulated else text
+    return f"simulated: {text}" if line_up.simulated else text
 
 
 def _simulated(args: argparse.Namespace, stack: ExitStack) -> ModelChoice:
@@ -218,20 +190,9 @@ def _simulated(args: argparse.Namespace, stack: ExitStack) -> ModelChoice:
 
     line_up = _line_up(args)
     simulator = stack.enter_context(OpenAISimulator())
-    llm = openai_compatible_moa(
-        line_up.proposers,
-        line_up.aggregator,
-        base_url=simulator.base_url,
-        api_key="simulator",
-        layers=line_up.layers,
-        **_model_settings(args),
-    )
-    return ModelChoice(
-        llm,
-        "SIMULATED answers from the local simulator",
-        f"simulated-{line_up.name}",
-        _describe(line_up, args, simulated=True),
-    )
+    source = "SIMULATED answers from the local simulator"
+    line_up = line_up.on_simulator(simulator.base_url, source=source)
+    return ModelChoice(line_up.build(), source, f"simulated-{line_up.name}", _describe(line_up))
 
 
 def _served(args: argparse.Namespace) -> ModelChoice:
@@ -239,28 +200,20 @@ def _served(args: argparse.Namespace) -> ModelChoice:
         msg = "--base-url needs --proposer (one or more) and --aggregator"
         raise ValueError(msg)
     line_up = _line_up(args)
-    llm = openai_compatible_moa(
-        line_up.proposers,
-        line_up.aggregator,
-        base_url=args.base_url,
-        layers=line_up.layers,
-        **_model_settings(args),
-    )
     source = f"models served by {_display_url(args.base_url)}"
-    return ModelChoice(llm, source, line_up.name, _describe(line_up, args))
+    return ModelChoice(line_up.build(), source, line_up.name, _describe(line_up))
 
 
 def _preset(args: argparse.Namespace) -> ModelChoice:
     if args.proposers or args.aggregator:
         msg = "--proposer and --aggregator need --base-url or --simulate"
         raise ValueError(msg)
-    preset = args.preset or "together-moa"
-    settings = _model_settings(args)
-    if args.layers:
-        settings["layers"] = args.layers
-    llm = _PRESET_FACTORIES[preset](**settings)
+    name = args.preset or _DEFAULT_PRESET
     line_up = _line_up(args)
-    return ModelChoice(llm, f"the {preset} line-up", line_up.name, _describe(line_up, args))
+    llm = REGISTRY[name].build(
+        layers=line_up.layers, temperature=line_up.temperature, max_tokens=line_up.max_tokens
+    )
+    return ModelChoice(llm, f"the {name} line-up", line_up.name, _describe(line_up))
 
 
 def choose_model(args: argparse.Namespace, stack: ExitStack) -> ModelChoice:

@@ -42,7 +42,8 @@ from langchain_moa.chat_model import MoAChatModel
 from langchain_moa.cli import choose_lineup
 from langchain_moa.cli_arguments import add_model_arguments
 from langchain_moa.errors import redact
-from langchain_moa.lineups import PRESETS, LineUp, preset_lineup
+from langchain_moa.lineups import LineUp
+from langchain_moa.presets import PRESETS, preset_lineup
 from langchain_moa.server.app import create_app
 from langchain_moa.server.auth import API_KEYS_ENV, check_bind, server_keys
 from langchain_moa.server.config import load_config
