@@ -282,6 +282,7 @@ class CallLimits:
         cancelled: Set when the caller went away; the call is then cancelled.
         first_token: Set by a streamed call when its first content arrives.
         attempts: Attempts made so far (set by the call helpers).
+        sent: Set when the first attempt got its slot and its request went out.
     """
 
     retry: RetryPolicy
