@@ -62,7 +62,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from langchain_moa.wire import (
@@ -96,6 +96,7 @@ __all__ = [
     "generate_from_schema",
     "json_object_answer",
     "last_user_text",
+    "pad_answer",
     "parse_references",
     "prompt_tokens",
     "quoted_strings",
@@ -1015,6 +1016,46 @@ def simulate(request_body: Mapping[str, Any]) -> SimulatedTurn:
         finish_reason=finish_reason,
         prompt_tokens=prompt,
         completion_tokens=len(tokens),
+    )
+
+
+_FILLER = ("and", "more", "detail")
+
+
+def pad_answer(
+    turn: SimulatedTurn, tokens: int | None, request_body: Mapping[str, Any]
+) -> SimulatedTurn:
+    """Pad a text answer with filler words to ``tokens`` tokens, then cut it by ``max_tokens``.
+
+    Tool calls, JSON documents (``response_format``) and answers already that
+    long are returned unchanged.
+
+    Args:
+        turn: The simulated turn.
+        tokens: The answer's length in tokens (``None``: unchanged).
+        request_body: The request (for ``max_tokens``).
+
+    Returns:
+        The padded turn.
+    """
+    if tokens is None or turn.content is None or request_body.get("response_format"):
+        return turn
+    words = split_tokens(turn.content)
+    if len(words) >= tokens:
+        return turn
+    body = turn.content if not words or words[-1][-1:].isspace() else turn.content + " "
+    filler = [_FILLER[i % len(_FILLER)] for i in range(tokens - len(words))]
+    content = body + " ".join(filler)
+    finish_reason = turn.finish_reason
+    limit = _max_tokens(request_body)
+    if limit is not None and tokens > limit:
+        content = "".join(split_tokens(content)[:limit])
+        finish_reason = "length"
+    return replace(
+        turn,
+        content=content,
+        finish_reason=finish_reason,
+        completion_tokens=min(tokens, limit or tokens),
     )
 
 

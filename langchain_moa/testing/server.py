@@ -38,6 +38,7 @@ from langchain_moa._extras import missing_extra
 from langchain_moa.testing.answers import (
     SimulatedTurn,
     completion_response,
+    pad_answer,
     request_digest,
     simulate,
     stream_chunks,
@@ -690,7 +691,7 @@ class OpenAISimulator:
             if behavior.echo_key:
                 message = _echo_key_message(request, message)
             return self._error(failure, message, retry_after=behavior.retry_after)
-        turn = simulate(body)
+        turn = pad_answer(simulate(body), behavior.answer_tokens, body)
         response_id = f"chatcmpl-{request_digest(body)[:24]}"
         created = int(time.time())
         if behavior.malformed:
