@@ -52,11 +52,13 @@ from langchain_moa.presets import (
     PAPER_PROPOSERS,
     TOGETHER_BASE_URL,
 )
+from langchain_moa.report import Spend
 from langchain_moa.runs import PROGRESS_EVENT
 
 try:
     from rich.console import Console, Group
     from rich.live import Live
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 except ImportError as _missing:  # pragma: no cover - depends on the install
@@ -352,13 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print()
     console.print("[bold]Answer:[/]")
     console.print(Text(answer.text))
-    usage = answer.usage_metadata or {}
+    spend = Spend()
+    spend.add(answer)
     failed = answer.response_metadata.get("failed_proposers", 0)
-    console.print(
-        f"\n[bold]Tokens:[/] {usage.get('input_tokens', 0)} in, "
-        f"{usage.get('output_tokens', 0)} out, {usage.get('total_tokens', 0)} total "
-        f"across all inner calls; failed proposers: {failed}"
-    )
+    console.print(f"\n[bold]Tokens:[/] {escape(spend.describe())}; failed proposers: {failed}")
     return 0
 
 

@@ -10,6 +10,8 @@ from langchain_core.messages.ai import UsageMetadata
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
+from langchain_moa.notes import merge_notes
+
 
 @dataclass(frozen=True)
 class Proposal:
@@ -67,12 +69,15 @@ class MoAState(TypedDict, total=False):
     Input: ``messages`` (the conversation). Output: ``messages`` with the
     aggregator's answer appended (so the graph drops into a ``MessagesState``
     graph), ``proposals`` (every proposer's answer of every layer) and
-    ``aggregation`` (the aggregator's call: model, latency, usage).
+    ``aggregation`` (the aggregator's call: model, latency, usage). When a
+    cost control acts (a budget, reference selection, early stop, the circuit
+    breaker), ``controls`` records what it decided (see ``langchain_moa.notes``).
     """
 
     messages: Annotated[list[AnyMessage], add_messages]
     proposals: Annotated[list[Proposal], merge_proposals]
     aggregation: Proposal
+    controls: Annotated[dict[str, Any], merge_notes]
 
 
 class MoAInput(TypedDict):
