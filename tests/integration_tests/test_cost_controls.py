@@ -188,26 +188,30 @@ def test_a_dollar_budget_needs_every_price(openai_simulator: OpenAISimulator) ->
 # -- 3. reference selection ----------------------------------------------------------
 
 
-def test_diverse_selection_keeps_the_most_different(openai_simulator: OpenAISimulator) -> None:
+@pytest.mark.parametrize("path", ["invoke", "ainvoke"])
+async def test_diverse_selection_keeps_the_most_different(
+    openai_simulator: OpenAISimulator, path: str
+) -> None:
+    tag = f"sd{path[0]}"
     embeddings = FirstWordEmbeddings(
         {
-            "sd-p0": [1.0, 0.0, 0.0],
-            "sd-p1": [1.0, 0.0, 0.0],  # says what p0 says
-            "sd-p2": [0.0, 0.0, 1.0],
-            "sd-p3": [0.7, 0.7, 0.0],
+            f"{tag}-p0": [1.0, 0.0, 0.0],
+            f"{tag}-p1": [1.0, 0.0, 0.0],  # says what p0 says
+            f"{tag}-p2": [0.0, 0.0, 1.0],
+            f"{tag}-p3": [0.7, 0.7, 0.0],
         }
     )
     llm = team(
         openai_simulator,
-        "sd",
+        tag,
         proposers=4,
         select_references=2,
         selection_embeddings=embeddings,
     )
-    result = llm.invoke("q")
-    assert result.content == "sd-agg read 2 references [sd-p0, sd-p2] and answers: q"
-    layer_two = openai_simulator.requests_for("sd-p1")[1].body["messages"][0]["content"]
-    assert "\n1. sd-p0 answers: q\n2. sd-p2 answers: q" in layer_two
+    result = llm.invoke("q") if path == "invoke" else await llm.ainvoke("q")
+    assert result.content == f"{tag}-agg read 2 references [{tag}-p0, {tag}-p2] and answers: q"
+    layer_two = openai_simulator.requests_for(f"{tag}-p1")[1].body["messages"][0]["content"]
+    assert f"\n1. {tag}-p0 answers: q\n2. {tag}-p2 answers: q" in layer_two
     selection = result.response_metadata["selection"]
     assert [s["indices"] for s in selection] == [[0, 2], [0, 2]]
     assert selection[0]["strategy"] == "diverse"
@@ -216,19 +220,27 @@ def test_diverse_selection_keeps_the_most_different(openai_simulator: OpenAISimu
     assert "farthest" in selection[0]["reasons"][2]
 
 
-def test_a_judge_picks_the_references_and_is_paid_for(openai_simulator: OpenAISimulator) -> None:
+@pytest.mark.parametrize("path", ["invoke", "ainvoke"])
+async def test_a_judge_picks_the_references_and_is_paid_for(
+    openai_simulator: OpenAISimulator, path: str
+) -> None:
     # The simulator's judge repeats the request: its first numbers are the question's "3 or 1".
+    tag = f"sj{path[0]}"
     llm = team(
         openai_simulator,
-        "sj",
+        tag,
         layers=2,
         select_references=2,
         selection_strategy="judge",
-        selection_judge=chat(openai_simulator, "sj-judge"),
-        prices=priced("sj", extra=("sj-judge",)),
+        selection_judge=chat(openai_simulator, f"{tag}-judge"),
+        prices=priced(tag, extra=(f"{tag}-judge",)),
     )
-    result = llm.invoke("Answer 3 or 1?")
-    assert result.content == "sj-agg read 2 references [sj-p0, sj-p2] and answers: Answer 3 or 1?"
+    question = "Answer 3 or 1?"
+    result = llm.invoke(question) if path == "invoke" else await llm.ainvoke(question)
+    assert (
+        result.content
+        == f"{tag}-agg read 2 references [{tag}-p0, {tag}-p2] and answers: {question}"
+    )
     meta = result.response_metadata
     (judged,) = meta["selection_judge"]
     assert judged["usage"]["total_tokens"] > 0
@@ -322,3 +334,23 @@ def test_agreement_is_checked_on_the_kept_references(openai_simulator: OpenAISim
     assert vectors.calls == 2  # one call per layer: the kept vectors are reused
     with pytest.raises(ValueError, match="threshold"):
         Agreement(2, vectors)
+
+
+def test_a_failed_judge_keeps_the_first_k_and_says_why(openai_simulator: OpenAISimulator) -> None:
+    openai_simulator.set_behavior("sjf-judge", ModelBehavior(error_status=400))
+    llm = team(
+        openai_simulator,
+        "sjf",
+        layers=2,
+        select_references=2,
+        selection_strategy="judge",
+        selection_judge=chat(openai_simulator, "sjf-judge"),
+    )
+    chunks = list(llm.stream("q"))
+    assert "".join(c.content for c in chunks) == (
+        "sjf-agg read 2 references [sjf-p0, sjf-p1] and answers: q"
+    )
+    meta = chunks[-1].response_metadata
+    assert meta["selection"][0]["indices"] == [0, 1]
+    assert "the judge failed" in meta["selection"][0]["note"]
+    assert "Error code: 400" in meta["selection_judge"][0]["error"]
