@@ -22,9 +22,9 @@ from langchain_moa.testing import OpenAISimulator
 
 ROOT = Path(__file__).resolve().parents[2]
 PRICES = {
-    "cost-p0": {"input": 1.0, "output": 2.0},
-    "cost-p1": {"input": 3.0, "output": 4.0},
-    "cost-agg": {"input": 5.0, "output": 10.0},
+    "cocost-p0": {"input": 1.0, "output": 2.0},
+    "cocost-p1": {"input": 3.0, "output": 4.0},
+    "cocost-agg": {"input": 5.0, "output": 10.0},
 }
 
 
@@ -46,7 +46,9 @@ def expected(usage: dict, price: dict) -> float:
 
 
 def test_every_call_and_the_total_have_a_cost(openai_simulator: OpenAISimulator) -> None:
-    result = team(openai_simulator, "cost", layers=3, prices=PRICES).invoke("Why is the sky blue?")
+    result = team(openai_simulator, "cocost", layers=3, prices=PRICES).invoke(
+        "Why is the sky blue?"
+    )
     meta = result.response_metadata
     total = 0.0
     for layer in meta["proposals"]:
@@ -56,7 +58,7 @@ def test_every_call_and_the_total_have_a_cost(openai_simulator: OpenAISimulator)
             total += cost
     aggregator = meta["aggregator"]
     assert aggregator["cost_usd"] == pytest.approx(
-        expected(aggregator["usage"], PRICES["cost-agg"])
+        expected(aggregator["usage"], PRICES["cocost-agg"])
     )
     total += aggregator["cost_usd"]
     assert meta["cost"]["total_usd"] == pytest.approx(total)
@@ -64,23 +66,25 @@ def test_every_call_and_the_total_have_a_cost(openai_simulator: OpenAISimulator)
 
 
 async def test_an_unknown_price_is_none_and_named(openai_simulator: OpenAISimulator) -> None:
-    prices = {"unk-p0": PRICES["cost-p0"], "unk-agg": PRICES["cost-agg"]}
-    result = await team(openai_simulator, "unk", prices=prices).ainvoke("q")
+    prices = {"counk-p0": PRICES["cocost-p0"], "counk-agg": PRICES["cocost-agg"]}
+    result = await team(openai_simulator, "counk", prices=prices).ainvoke("q")
     meta = result.response_metadata
     by_model = {r["model"]: r["cost_usd"] for r in meta["proposals"][0]}
-    assert by_model["unk-p1"] is None
-    assert by_model["unk-p0"] > 0
+    assert by_model["counk-p1"] is None
+    assert by_model["counk-p0"] > 0
     assert meta["aggregator"]["cost_usd"] > 0
     assert meta["cost"]["total_usd"] is None
-    assert meta["cost"]["missing_prices"] == ["unk-p1"]
+    assert meta["cost"]["missing_prices"] == ["counk-p1"]
     # The simulator's URL is no known provider: the reason says so and asks for a price.
-    assert "prices=" in meta["cost"]["reasons"]["unk-p1"]
+    assert "prices=" in meta["cost"]["reasons"]["counk-p1"]
 
 
 def test_streaming_carries_the_cost_on_the_last_chunk(openai_simulator: OpenAISimulator) -> None:
-    chunks = list(team(openai_simulator, "cst", prices={"cst-p0": PRICES["cost-p0"]}).stream("q"))
+    chunks = list(
+        team(openai_simulator, "cocst", prices={"cocst-p0": PRICES["cocost-p0"]}).stream("q")
+    )
     final = chunks[-1].response_metadata
-    assert final["cost"]["missing_prices"] == ["cst-agg", "cst-p1"]
+    assert final["cost"]["missing_prices"] == ["cocst-agg", "cocst-p1"]
     assert final["proposals"][0][0]["cost_usd"] > 0
 
 
@@ -124,7 +128,7 @@ def test_known_models_are_priced_from_genai_prices() -> None:
 def test_bad_price_tables_are_refused(openai_simulator: OpenAISimulator) -> None:
     for prices in ({"m": {"input": 1}}, {"m": {"input": -1, "output": 1}}, {"m": 3}):
         with pytest.raises(ValueError, match="prices"):
-            team(openai_simulator, "bad", prices=prices)
+            team(openai_simulator, "cobad", prices=prices)
 
 
 def test_without_genai_prices_cost_is_none_with_the_install_hint(
@@ -148,12 +152,12 @@ def test_without_genai_prices_cost_is_none_with_the_install_hint(
             return ChatOpenAI(base_url="{openai_simulator.base_url}", api_key="k", model=name,
                               max_retries=0)
 
-        llm = MoAChatModel(proposers=[chat("nogp-p0"), chat("nogp-p1")],
-                           aggregator=chat("nogp-agg"), layers=2,
-                           prices={{"nogp-agg": {{"input": 1, "output": 1}}}})
+        llm = MoAChatModel(proposers=[chat("conogp-p0"), chat("conogp-p1")],
+                           aggregator=chat("conogp-agg"), layers=2,
+                           prices={{"conogp-agg": {{"input": 1, "output": 1}}}})
         meta = llm.invoke("q").response_metadata
         print(meta["cost"]["total_usd"], meta["cost"]["missing_prices"])
-        print(meta["cost"]["reasons"]["nogp-p0"])
+        print(meta["cost"]["reasons"]["conogp-p0"])
         print(meta["aggregator"]["cost_usd"] > 0)
         """
     )
@@ -168,7 +172,7 @@ def test_without_genai_prices_cost_is_none_with_the_install_hint(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == [
-        "None ['nogp-p0', 'nogp-p1']",
+        "None ['conogp-p0', 'conogp-p1']",
         INSTALL_COST_EXTRA,
         "True",
     ]
@@ -204,8 +208,8 @@ def test_the_moa_command_shows_the_cost(openai_simulator: OpenAISimulator) -> No
 
 
 def test_compare_reports_cost_per_configuration(openai_simulator: OpenAISimulator) -> None:
-    priced = team(openai_simulator, "cost", prices=PRICES)
-    unpriced = team(openai_simulator, "cmpu")
+    priced = team(openai_simulator, "cocost", prices=PRICES)
+    unpriced = team(openai_simulator, "cocmpu")
     dataset = [{"inputs": {"question": "Why is the sky blue?"}}, {"inputs": {"question": "Why?"}}]
     result = compare({"priced": priced, "unpriced": unpriced}, dataset, [], upload=False)
     row = result.row("priced")

@@ -60,40 +60,42 @@ def calls(sim: OpenAISimulator, model: str) -> int:
 
 
 def test_a_permanent_failure_is_not_called_again(openai_simulator: OpenAISimulator) -> None:
-    openai_simulator.set_behavior("cb-p1", ModelBehavior(error_status=401))
-    result = team(openai_simulator, "cb").invoke("q")
+    openai_simulator.set_behavior("cccb-p1", ModelBehavior(error_status=401))
+    result = team(openai_simulator, "cccb").invoke("q")
     first, second = result.response_metadata["proposals"]
     assert "Error code: 401" in first[1]["error"]
     assert second[1]["error"].startswith("CircuitOpenError: not called")
     assert "layer 1" in second[1]["error"]
     assert "Error code: 401" in second[1]["error"]
     assert second[1]["attempts"] == 0
-    assert calls(openai_simulator, "cb-p1") == 1
-    assert calls(openai_simulator, "cb-p0") == 2
+    assert calls(openai_simulator, "cccb-p1") == 1
+    assert calls(openai_simulator, "cccb-p0") == 2
     (tripped,) = result.response_metadata["circuit_breaker"]
-    assert (tripped["model"], tripped["layer"]) == ("cb-p1", 1)
-    assert result.content == "cb-agg read 2 references [cb-p0, cb-p2] and answers: q"
+    assert (tripped["model"], tripped["layer"]) == ("cccb-p1", 1)
+    assert result.content == "cccb-agg read 2 references [cccb-p0, cccb-p2] and answers: q"
 
 
 async def test_exhausted_retries_trip_the_breaker_but_timeouts_do_not(
     openai_simulator: OpenAISimulator,
 ) -> None:
-    openai_simulator.set_behavior("cbt-p0", ModelBehavior(error_status=503))
-    openai_simulator.set_behavior("cbt-p1", ModelBehavior(first_token_latency=2.0))
-    llm = team(openai_simulator, "cbt", max_retries=1, retry_base_delay=0.01, proposer_timeout=0.5)
+    openai_simulator.set_behavior("cccbt-p0", ModelBehavior(error_status=503))
+    openai_simulator.set_behavior("cccbt-p1", ModelBehavior(first_token_latency=2.0))
+    llm = team(
+        openai_simulator, "cccbt", max_retries=1, retry_base_delay=0.01, proposer_timeout=0.5
+    )
     result = await llm.ainvoke("q")
     second = result.response_metadata["proposals"][1]
-    assert calls(openai_simulator, "cbt-p0") == 2  # two attempts in layer 1, none in layer 2
+    assert calls(openai_simulator, "cccbt-p0") == 2  # two attempts in layer 1, none in layer 2
     assert second[0]["error"].startswith("CircuitOpenError")
     assert "ProposerTimeoutError" in second[1]["error"]  # timed out again: it was called
-    assert calls(openai_simulator, "cbt-p1") == 2
+    assert calls(openai_simulator, "cccbt-p1") == 2
 
 
 def test_the_breaker_can_be_switched_off(openai_simulator: OpenAISimulator) -> None:
-    openai_simulator.set_behavior("cbo-p1", ModelBehavior(error_status=404))
-    result = team(openai_simulator, "cbo", circuit_breaker=False).invoke("q")
+    openai_simulator.set_behavior("cccbo-p1", ModelBehavior(error_status=404))
+    result = team(openai_simulator, "cccbo", circuit_breaker=False).invoke("q")
     assert "Error code: 404" in result.response_metadata["proposals"][1][1]["error"]
-    assert calls(openai_simulator, "cbo-p1") == 2
+    assert calls(openai_simulator, "cccbo-p1") == 2
     assert "circuit_breaker" not in result.response_metadata
 
 
@@ -103,7 +105,7 @@ def test_the_breaker_can_be_switched_off(openai_simulator: OpenAISimulator) -> N
 def test_a_roomy_budget_runs_every_layer_and_reports_estimate_and_actual(
     openai_simulator: OpenAISimulator,
 ) -> None:
-    llm = team(openai_simulator, "bgr", max_tokens=50, prices=priced("bgr"), max_cost_usd=1.0)
+    llm = team(openai_simulator, "ccbgr", max_tokens=50, prices=priced("ccbgr"), max_cost_usd=1.0)
     meta = llm.invoke("Why is the sky blue?").response_metadata
     assert meta["budget_stopped_after_layer"] is None
     budget = meta["budget"]
@@ -124,7 +126,7 @@ def probe(sim: OpenAISimulator, tag: str) -> dict:
 async def test_a_tight_budget_stops_adding_layers_and_aggregates(
     openai_simulator: OpenAISimulator, path: str
 ) -> None:
-    tag = f"bgs{path[0]}"
+    tag = f"ccbgs{path[0]}"
     first = probe(openai_simulator, f"{tag}x")
     enough_for_one = first["layer_estimate"]["usd"] + first["aggregation_estimate"]["usd"]
     llm = team(
@@ -150,23 +152,23 @@ async def test_a_tight_budget_stops_adding_layers_and_aggregates(
 def test_a_budget_that_cannot_pay_for_one_layer_raises_before_spending(
     openai_simulator: OpenAISimulator,
 ) -> None:
-    llm = team(openai_simulator, "bgx", max_tokens=50, prices=priced("bgx"), max_cost_usd=1e-6)
+    llm = team(openai_simulator, "ccbgx", max_tokens=50, prices=priced("ccbgx"), max_cost_usd=1e-6)
     with pytest.raises(BudgetExceededError, match="no provider was called") as caught:
         llm.invoke("q")
     assert caught.value.estimate["usd"] > 1e-6
-    assert not openai_simulator.requests_for("bgx-p0")
-    assert not openai_simulator.requests_for("bgx-agg")
+    assert not openai_simulator.requests_for("ccbgx-p0")
+    assert not openai_simulator.requests_for("ccbgx-agg")
 
 
 def test_a_per_call_budget_overrides_the_ensembles(openai_simulator: OpenAISimulator) -> None:
-    llm = team(openai_simulator, "bgc", max_tokens=50, prices=priced("bgc"))
+    llm = team(openai_simulator, "ccbgc", max_tokens=50, prices=priced("ccbgc"))
     with pytest.raises(BudgetExceededError):
         llm.invoke("q", max_cost_usd=1e-6)
     with pytest.raises(BudgetExceededError, match="max_total_tokens=10"):
         llm.invoke("q", max_total_tokens=10)
     with pytest.raises(BudgetExceededError):
         llm.bind(max_total_tokens=10).invoke("q")
-    assert not openai_simulator.requests_for("bgc-p0")
+    assert not openai_simulator.requests_for("ccbgc-p0")
     meta = llm.invoke("q", max_total_tokens=10**6).response_metadata
     assert meta["budget"]["max_total_tokens"] == 10**6
     assert "budget" not in llm.invoke("q").response_metadata
@@ -177,12 +179,12 @@ def test_a_per_call_budget_overrides_the_ensembles(openai_simulator: OpenAISimul
 
 
 def test_a_dollar_budget_needs_every_price(openai_simulator: OpenAISimulator) -> None:
-    llm = team(openai_simulator, "bgu", max_tokens=50, max_cost_usd=10.0)
+    llm = team(openai_simulator, "ccbgu", max_tokens=50, max_cost_usd=10.0)
     with pytest.raises(BudgetExceededError) as caught:
         llm.invoke("q")
-    assert "bgu-p0" in caught.value.estimate["unpriced"]
+    assert "ccbgu-p0" in caught.value.estimate["unpriced"]
     assert "no price for" in str(caught.value)
-    assert not openai_simulator.requests_for("bgu-p0")
+    assert not openai_simulator.requests_for("ccbgu-p0")
 
 
 # -- 3. reference selection ----------------------------------------------------------
@@ -192,7 +194,7 @@ def test_a_dollar_budget_needs_every_price(openai_simulator: OpenAISimulator) ->
 async def test_diverse_selection_keeps_the_most_different(
     openai_simulator: OpenAISimulator, path: str
 ) -> None:
-    tag = f"sd{path[0]}"
+    tag = f"ccsd{path[0]}"
     embeddings = FirstWordEmbeddings(
         {
             f"{tag}-p0": [1.0, 0.0, 0.0],
@@ -225,7 +227,7 @@ async def test_a_judge_picks_the_references_and_is_paid_for(
     openai_simulator: OpenAISimulator, path: str
 ) -> None:
     # The simulator's judge repeats the request: its first numbers are the question's "3 or 1".
-    tag = f"sj{path[0]}"
+    tag = f"ccsj{path[0]}"
     llm = team(
         openai_simulator,
         tag,
@@ -258,10 +260,10 @@ async def test_first_keeps_the_fastest_and_cancels_the_rest(
     openai_simulator: OpenAISimulator,
 ) -> None:
     for i, latency in enumerate([0.05, 3.0, 0.1, 3.0]):
-        openai_simulator.set_behavior(f"sf-p{i}", ModelBehavior(first_token_latency=latency))
+        openai_simulator.set_behavior(f"ccsf-p{i}", ModelBehavior(first_token_latency=latency))
     llm = team(
         openai_simulator,
-        "sf",
+        "ccsf",
         proposers=4,
         layers=2,
         select_references=2,
@@ -270,7 +272,7 @@ async def test_first_keeps_the_fastest_and_cancels_the_rest(
     started = time.perf_counter()
     result = await llm.ainvoke("q")
     assert time.perf_counter() - started < 2.5
-    assert result.content == "sf-agg read 2 references [sf-p0, sf-p2] and answers: q"
+    assert result.content == "ccsf-agg read 2 references [ccsf-p0, ccsf-p2] and answers: q"
     meta = result.response_metadata
     assert [p["error"] is None for p in meta["proposals"][0]] == [True, False, True, False]
     assert meta["proposals"][0][1]["error"].startswith("NotSelectedError")
@@ -294,21 +296,21 @@ def test_selection_settings_are_checked() -> None:
 
 def test_agreeing_answers_skip_the_remaining_layers(openai_simulator: OpenAISimulator) -> None:
     same = FirstWordEmbeddings({}, default=[0.6, 0.8, 0.0])
-    llm = team(openai_simulator, "ea", layers=4, early_stop=Agreement(0.95, same))
+    llm = team(openai_simulator, "ccea", layers=4, early_stop=Agreement(0.95, same))
     result = llm.invoke("q")
     meta = result.response_metadata
-    assert result.content == "ea-agg read 3 references [ea-p0, ea-p1, ea-p2] and answers: q"
+    assert result.content == "ccea-agg read 3 references [ccea-p0, ccea-p1, ccea-p2] and answers: q"
     assert meta["proposals"][1:] == [[], []]
     assert meta["early_stop"]["stopped_after_layer"] == 1
     assert meta["early_stop"]["layers"][0]["similarity"] == pytest.approx(1.0)
-    assert all(calls(openai_simulator, f"ea-p{i}") == 1 for i in range(3))
+    assert all(calls(openai_simulator, f"ccea-p{i}") == 1 for i in range(3))
 
 
 async def test_disagreeing_answers_go_on(openai_simulator: OpenAISimulator) -> None:
     apart = FirstWordEmbeddings(
-        {"ed-p0": [1.0, 0.0, 0.0], "ed-p1": [0.0, 1.0, 0.0], "ed-p2": [0.0, 0.0, 1.0]}
+        {"cced-p0": [1.0, 0.0, 0.0], "cced-p1": [0.0, 1.0, 0.0], "cced-p2": [0.0, 0.0, 1.0]}
     )
-    llm = team(openai_simulator, "ed", early_stop=Agreement(0.9, apart))
+    llm = team(openai_simulator, "cced", early_stop=Agreement(0.9, apart))
     meta = (await llm.ainvoke("q")).response_metadata
     assert meta["early_stop"]["stopped_after_layer"] is None
     assert meta["early_stop"]["layers"][0]["similarity"] == pytest.approx(0.0)
@@ -317,11 +319,11 @@ async def test_disagreeing_answers_go_on(openai_simulator: OpenAISimulator) -> N
 
 def test_agreement_is_checked_on_the_kept_references(openai_simulator: OpenAISimulator) -> None:
     vectors = FirstWordEmbeddings(
-        {"ek-p0": [1.0, 0.0], "ek-p1": [1.0, 0.0], "ek-p2": [0.0, 1.0], "ek-p3": [0.0, 1.0]}
+        {"ccek-p0": [1.0, 0.0], "ccek-p1": [1.0, 0.0], "ccek-p2": [0.0, 1.0], "ccek-p3": [0.0, 1.0]}
     )
     llm = team(
         openai_simulator,
-        "ek",
+        "ccek",
         proposers=4,
         select_references=2,
         selection_embeddings=vectors,
@@ -337,18 +339,18 @@ def test_agreement_is_checked_on_the_kept_references(openai_simulator: OpenAISim
 
 
 def test_a_failed_judge_keeps_the_first_k_and_says_why(openai_simulator: OpenAISimulator) -> None:
-    openai_simulator.set_behavior("sjf-judge", ModelBehavior(error_status=400))
+    openai_simulator.set_behavior("ccsjf-judge", ModelBehavior(error_status=400))
     llm = team(
         openai_simulator,
-        "sjf",
+        "ccsjf",
         layers=2,
         select_references=2,
         selection_strategy="judge",
-        selection_judge=chat(openai_simulator, "sjf-judge"),
+        selection_judge=chat(openai_simulator, "ccsjf-judge"),
     )
     chunks = list(llm.stream("q"))
     assert "".join(c.content for c in chunks) == (
-        "sjf-agg read 2 references [sjf-p0, sjf-p1] and answers: q"
+        "ccsjf-agg read 2 references [ccsjf-p0, ccsjf-p1] and answers: q"
     )
     meta = chunks[-1].response_metadata
     assert meta["selection"][0]["indices"] == [0, 1]
