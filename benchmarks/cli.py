@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import critical_path, memory, overhead, serve, tail, throughput, ttft
+from benchmarks import cost, critical_path, memory, overhead, serve, tail, throughput, ttft
 from benchmarks.common import Section, Simulator
 from benchmarks.machine import machine_info
 from benchmarks.report import print_table, write_json
@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, Callable[[Simulator, Sizes], Section]] = {
     "throughput": throughput.run,
     "memory": memory.run,
     "serve": serve.run,
+    "cost": cost.run,
 }
 """Every benchmark, by its key in the JSON results, in the order they run."""
 
@@ -47,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Benchmark MoAChatModel against the local OpenAI simulator on loopback: "
             "critical-path efficiency, framework overhead, time to first token, tail "
-            "latency with a straggler, throughput, memory and serving over HTTP. Prints a "
+            "latency with a straggler, throughput, memory, serving over HTTP and cost per "
+            "answer. Prints a "
             "table of medians next to baselines measured in the same run, and writes them "
             "as JSON."
         ),

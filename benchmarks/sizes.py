@@ -42,6 +42,8 @@ class Sizes:
         serve_workers: ``moa serve --workers`` values measured (serve).
         serve_repeats: Timed batches of each kind per worker count (serve).
         serve_sequential: Requests sent one at a time, for latency without load (serve).
+        cost_prompt_tokens: Tokens of the question (cost).
+        cost_answer_tokens: Tokens of every simulated answer (cost).
     """
 
     repeats: int = 5
@@ -75,6 +77,8 @@ class Sizes:
     serve_workers: tuple[int, ...] = (1, 2)
     serve_repeats: int = 3
     serve_sequential: int = 10
+    cost_prompt_tokens: int = 300
+    cost_answer_tokens: int = 400
 
     def to_dict(self) -> dict[str, Any]:
         """The knobs as JSON-ready values."""
@@ -112,5 +116,7 @@ QUICK = replace(
     serve_workers=(1,),
     serve_repeats=1,
     serve_sequential=2,
+    cost_prompt_tokens=30,
+    cost_answer_tokens=40,
 )
 """A tiny run that only checks that every benchmark works (smoke test)."""

@@ -2,11 +2,16 @@
 
 from importlib import metadata
 
+from langchain_moa.agreement import Agreement
+from langchain_moa.budget import BudgetExceededError
 from langchain_moa.chat_model import MoAChatModel
 from langchain_moa.errors import AggregatorFailedError, MoAError, ProposersFailedError
 from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT, ReferenceFormat
 from langchain_moa.runs import PROGRESS_EVENT
 from langchain_moa.state import Proposal
+
+# Importable from here too; ``__all__`` stays the stable core API.
+_COST_CONTROLS = (Agreement, BudgetExceededError)
 
 try:
     __version__ = metadata.version("langchain-moa")

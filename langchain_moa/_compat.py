@@ -31,6 +31,7 @@ __all__ = [
     "convert_cached_generations",
     "llm_string",
     "ls_model_name",
+    "ls_params",
     "openai_root_async_client",
 ]
 
@@ -52,6 +53,20 @@ def ls_model_name(model: BaseChatModel) -> str | None:
     except Exception:
         return None
     return name if isinstance(name, str) else None
+
+
+def ls_params(model: BaseChatModel) -> dict[str, Any]:
+    """The model's LangSmith parameters (``ls_provider``, ``ls_model_name``, ...).
+
+    LangChain computes them in the private ``_get_ls_params``; the price lookup
+    reads the provider and the model name from them. Without them (an error or
+    an upstream change) prices fall back to the model's base URL.
+    """
+    try:
+        params = model._get_ls_params()
+    except Exception:
+        return {}
+    return dict(params) if isinstance(params, dict) else {}
 
 
 def convert_cached_generations(model: BaseChatModel, cached: list[Any]) -> list[ChatGeneration]:

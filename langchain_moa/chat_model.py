@@ -12,6 +12,7 @@ from langchain_core.callbacks import (
     CallbackManager,
     CallbackManagerForLLMRun,
 )
+from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -23,6 +24,7 @@ from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from langchain_moa._compat import convert_cached_generations, openai_root_async_client
+from langchain_moa.agreement import Agreement
 from langchain_moa.caching import (
     NOT_IN_CACHE_KEY,
     active_cache,
@@ -37,6 +39,7 @@ from langchain_moa.callbacks import (
     hand_over_run,
     stream_config,
 )
+from langchain_moa.cost import check_prices
 from langchain_moa.graph import EngineSettings, build_moa_graph
 from langchain_moa.inner_models import chat_model_of
 from langchain_moa.prompts import (
@@ -46,9 +49,10 @@ from langchain_moa.prompts import (
 )
 from langchain_moa.resilience import ConcurrencyLimit, RetryPolicy
 from langchain_moa.runs import GraphRun
+from langchain_moa.selection import SelectionStrategy
 from langchain_moa.state import MoAState
 from langchain_moa.structured_output import StructuredMethod, structured_runnable
-from langchain_moa.validation import MAX_LAYERS, check_line_up
+from langchain_moa.validation import MAX_LAYERS, check_controls, check_line_up
 
 _PAPER_LAYERS = 3
 
@@ -63,6 +67,15 @@ ENGINE_FIELDS: dict[str, str] = {
     "max_reference_chars": "max_reference_chars",
     "reference_format": "reference_format",
     "fallback_aggregator": "fallback_aggregator",
+    "prices": "prices",
+    "max_cost_usd": "max_cost_usd",
+    "max_total_tokens": "max_total_tokens",
+    "select_references": "select_references",
+    "selection_strategy": "selection_strategy",
+    "selection_embeddings": "selection_embeddings",
+    "selection_judge": "selection_judge",
+    "early_stop": "early_stop",
+    "circuit_breaker": "circuit_breaker",
 }
 """Fields copied into ``EngineSettings`` as they are (field name -> setting name)."""
 
@@ -235,6 +248,51 @@ class MoAChatModel(BaseChatModel):
     ``"tracers"`` (LangSmith and other tracers; the ensemble looks like one chat
     model to everything else) or ``"all"``."""
 
+    prices: dict[str, dict[str, float]] | None = None
+    """Prices in US dollars per million tokens by model name, ``{"model": {"input":
+    0.5, "output": 1.5}}`` (``"cache_read"`` optional). They override or add to the
+    ``genai-prices`` database (the ``cost`` extra), for local and private models.
+    A model with no price gets ``cost_usd: None``, never a guess."""
+
+    max_cost_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Most US dollars one call may spend, estimated before each proposer layer:
+    when the rest of the run cannot fit, no more proposer layers run and the
+    aggregator reads what the last one wrote; when not even the first layer and
+    the aggregation fit, ``BudgetExceededError`` is raised before any provider is
+    called. Needs a price for every model. A call's ``max_cost_usd=`` overrides it."""
+
+    max_total_tokens: int | None = Field(default=None, ge=1)
+    """Most tokens (input and output of every inner call) one call may spend;
+    enforced as ``max_cost_usd``. A call's ``max_total_tokens=`` overrides it."""
+
+    select_references: int | None = Field(default=None, ge=1)
+    """How many of a layer's answers go on to the next layer and the aggregator
+    (``None``: all), chosen by ``selection_strategy``; the answer's
+    ``response_metadata["selection"]`` says which were kept and why."""
+
+    selection_strategy: SelectionStrategy = "diverse"
+    """How ``select_references`` chooses: ``"diverse"`` (greedy max-min diversity
+    over ``selection_embeddings``, as RMoA), ``"judge"`` (``selection_judge``
+    names the best, as SMoA's moderator) or ``"first"`` (the first to finish; the
+    rest of the layer is cancelled)."""
+
+    selection_embeddings: Embeddings | None = None
+    """The LangChain ``Embeddings`` of ``selection_strategy="diverse"``."""
+
+    selection_judge: Runnable | None = None
+    """The (cheap) chat model of ``selection_strategy="judge"``; its tokens and
+    dollars count in the answer's."""
+
+    early_stop: Agreement | None = None
+    """``Agreement(threshold=..., embeddings=...)``: once a layer's answers agree
+    (mean pairwise cosine similarity at or above the threshold), the remaining
+    proposer layers are skipped."""
+
+    circuit_breaker: bool = True
+    """A proposer that failed permanently (4xx, or every retry of a transient
+    error) is not called again in later layers of the same call; it is recorded
+    with ``CircuitOpenError`` and the first failure."""
+
     _profile_from_aggregator: bool = PrivateAttr(default=False)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
@@ -244,6 +302,7 @@ class MoAChatModel(BaseChatModel):
     def _check_proposers(cls, values: Any) -> Any:
         if isinstance(values, dict):
             check_line_up(values)
+            check_prices(values.get("prices"))
         return values
 
     @model_validator(mode="after")
@@ -269,6 +328,7 @@ class MoAChatModel(BaseChatModel):
         if self.layers > MAX_LAYERS:  # type: ignore[operator]
             msg = f"layers must be at most {MAX_LAYERS}, got {self.layers}"
             raise ValueError(msg)
+        check_controls(self)
         narrowest = min(len(layer) for layer in self.proposer_layers)
         if self.min_proposers > narrowest:
             msg = (

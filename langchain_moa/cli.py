@@ -50,12 +50,14 @@ from langchain_moa.cli_arguments import add_model_arguments
 from langchain_moa.errors import MoAError, describe_error, redact
 from langchain_moa.lineups import LineUp, same_endpoint
 from langchain_moa.presets import REGISTRY, paper_preset
+from langchain_moa.report import Spend
 from langchain_moa.runs import PROGRESS_EVENT
 from langchain_moa.timeline import bar_width_for, render_timeline
 
 try:
     from rich.console import Console, Group
     from rich.live import Live
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 except ImportError as _missing:  # pragma: no cover - depends on the install
@@ -368,13 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print()
     console.print("[bold]Answer:[/]")
     console.print(Text(answer.text))
-    usage = answer.usage_metadata or {}
+    spend = Spend()
+    spend.add(answer)
     failed = answer.response_metadata.get("failed_proposers", 0)
-    console.print(
-        f"\n[bold]Tokens:[/] {usage.get('input_tokens', 0)} in, "
-        f"{usage.get('output_tokens', 0)} out, {usage.get('total_tokens', 0)} total "
-        f"across all inner calls; failed proposers: {failed}"
-    )
+    console.print(f"\n[bold]Tokens:[/] {escape(spend.describe())}; failed proposers: {failed}")
     if not args.no_timeline:
         console.print()
         width = bar_width_for(console.width)

@@ -34,7 +34,9 @@ Example:
 
 Evaluators use ``langsmith``'s signatures, for instance ``def correct(inputs,
 outputs, reference_outputs) -> bool``. ``outputs`` is ``{"answer": <text>,
-"usage": <usage_metadata or {}>}``.
+"usage": <usage_metadata or {}>, "cost_usd": <dollars or None>}``; the cost is
+the ensemble's ``response_metadata["cost"]["total_usd"]`` (``None`` for a model
+or an ensemble with no known price).
 """
 
 from __future__ import annotations
@@ -206,11 +208,12 @@ def upload_dataset(
 
 
 def _answer(result: Any) -> dict[str, Any]:
-    """The target's outputs: the answer text and the token usage."""
+    """The target's outputs: the answer text, the token usage and the cost."""
     if isinstance(result, BaseMessage):
         usage = getattr(result, "usage_metadata", None) or {}
-        return {"answer": result.text, "usage": dict(usage)}
-    return {"answer": str(result), "usage": {}}
+        cost = (result.response_metadata.get("cost") or {}).get("total_usd")
+        return {"answer": result.text, "usage": dict(usage), "cost_usd": cost}
+    return {"answer": str(result), "usage": {}, "cost_usd": None}
 
 
 def make_target(
@@ -253,6 +256,7 @@ class ExampleResult:
         latency_s: Seconds the target took.
         total_tokens: Tokens of the call (all inner calls of an ensemble).
         error: The target's error, if it failed.
+        cost_usd: Dollars of the call (``None``: a price was unknown).
     """
 
     inputs: Mapping[str, Any]
@@ -261,6 +265,7 @@ class ExampleResult:
     latency_s: float | None
     total_tokens: int
     error: str | None
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -275,6 +280,7 @@ class ConfigurationRow:
         total_tokens: Tokens over every example.
         errors: Examples on which the target failed.
         examples: The per-example results.
+        cost_usd: Dollars over every example (``None``: a price was unknown).
     """
 
     name: str
@@ -284,6 +290,7 @@ class ConfigurationRow:
     total_tokens: int
     errors: int
     examples: tuple[ExampleResult, ...]
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -322,23 +329,24 @@ class ComparisonResult:
 
         Returns:
             Configuration, mean score per evaluator, mean latency, total
-            tokens over the dataset and failed examples.
+            tokens and dollars over the dataset and failed examples.
         """
         where = "uploaded to LangSmith" if self.uploaded else "local, not uploaded"
         table = Table(
             title=f"Mixture-of-Agents configurations ({where})",
-            caption="latency: mean seconds per example; tokens: total over the dataset",
+            caption="latency: mean seconds per example; tokens, cost: total over the dataset",
             box=box.SIMPLE_HEAD,
         )
         table.add_column("configuration", no_wrap=True)
         for key in self.evaluator_keys:
             table.add_column(key, justify="right", min_width=len(key))
-        for column in ("latency", "tokens", "errors"):
+        for column in ("latency", "tokens", "cost", "errors"):
             table.add_column(column, justify="right")
         for row in self.rows:
             scores = [_format_score(row.scores.get(key)) for key in self.evaluator_keys]
             latency = "-" if row.mean_latency_s is None else f"{row.mean_latency_s:.3f}"
-            table.add_row(row.name, *scores, latency, str(row.total_tokens), str(row.errors))
+            cost = "-" if row.cost_usd is None else f"${row.cost_usd:.4f}"
+            table.add_row(row.name, *scores, latency, str(row.total_tokens), cost, str(row.errors))
         return table
 
 
@@ -367,12 +375,21 @@ def _example_result(row: Mapping[str, Any]) -> ExampleResult:
         latency_s=latency,
         total_tokens=int((outputs.get("usage") or {}).get("total_tokens", 0)),
         error=run.error,
+        cost_usd=outputs.get("cost_usd"),
     )
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return sum(present) / len(present) if present else None
+
+
+def _total_cost(examples: Sequence[ExampleResult]) -> float | None:
+    """Dollars over the examples that answered; ``None`` if one's cost is unknown."""
+    answered = [e for e in examples if e.error is None]
+    if not answered or any(e.cost_usd is None for e in answered):
+        return None
+    return sum(e.cost_usd for e in answered)  # type: ignore[misc]
 
 
 def summarize(name: str, experiment: str, examples: Sequence[ExampleResult]) -> ConfigurationRow:
@@ -395,6 +412,7 @@ def summarize(name: str, experiment: str, examples: Sequence[ExampleResult]) -> 
         total_tokens=sum(e.total_tokens for e in examples),
         errors=sum(e.error is not None for e in examples),
         examples=tuple(examples),
+        cost_usd=_total_cost(examples),
     )
 
 
@@ -469,7 +487,7 @@ def compare(
         dataset: Items ``{"inputs": {...}, "outputs": {...}}``.
         evaluators: ``langsmith`` evaluators, e.g. ``def f(inputs, outputs,
             reference_outputs) -> bool | float | dict``. ``outputs`` is
-            ``{"answer": str, "usage": dict}``.
+            ``{"answer": str, "usage": dict, "cost_usd": float | None}``.
         upload: Upload the experiments to LangSmith; ``None``: if a LangSmith
             API key is set.
         experiment_prefix: Experiment names are ``<prefix>-<configuration>-<id>``.

@@ -33,6 +33,7 @@ from langgraph.runtime import get_runtime
 from typing_extensions import TypedDict
 
 from langchain_moa._compat import RunnableCallable
+from langchain_moa.agreement import Agreement
 from langchain_moa.calls import BackgroundModels, InnerCall, StreamBrokenError
 from langchain_moa.errors import (
     AggregatorFailedError,
@@ -49,6 +50,8 @@ from langchain_moa.events import (
     event_to_dict,
 )
 from langchain_moa.inner_models import bind_tools, model_label, with_settings
+from langchain_moa.layer_controls import LayerControls, RunControls
+from langchain_moa.notes import reference_proposals
 from langchain_moa.prompts import ReferenceFormat, fit_references, inject_references
 from langchain_moa.resilience import (
     LAYER_WATCHES,
@@ -59,6 +62,7 @@ from langchain_moa.resilience import (
     RetryPolicy,
     RunCancelledError,
 )
+from langchain_moa.selection import SelectionStrategy
 from langchain_moa.state import MoAInput, MoAState, Proposal
 from langchain_moa.structured_output import StructuredRequest, constrained_aggregator
 
@@ -82,6 +86,8 @@ class RunOptions:
         structured: A schema the aggregator's answer must follow (``json_schema``
             or ``json_mode``); the aggregator then answers in one piece.
         cancelled: Set when the caller went away; inner calls then stop.
+        max_cost_usd: The call's own budget in US dollars (else the ensemble's).
+        max_total_tokens: The call's own budget in tokens (else the ensemble's).
     """
 
     aggregator_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +99,8 @@ class RunOptions:
     tool_kwargs: dict[str, Any] = field(default_factory=dict)
     structured: StructuredRequest | None = None
     cancelled: threading.Event | None = None
+    max_cost_usd: float | None = None
+    max_total_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,15 @@ class EngineSettings:
         fallback_aggregator: Aggregates instead if the aggregator fails.
         ranker_prompt: If set, the aggregator only picks the best proposal
             (the paper's LLM-ranker baseline) with this prompt.
+        prices: The user's prices, USD per million tokens by model name.
+        max_cost_usd: Budget of a call in US dollars (see ``budget``).
+        max_total_tokens: Budget of a call in tokens.
+        select_references: How many of a layer's answers go on (``None``: all).
+        selection_strategy: ``"diverse"``, ``"judge"`` or ``"first"`` (see ``selection``).
+        selection_embeddings: The embeddings of ``"diverse"``.
+        selection_judge: The model of ``"judge"``.
+        early_stop: Skip the remaining proposer layers once answers agree.
+        circuit_breaker: Do not call again a proposer that failed permanently.
     """
 
     prompt: str
@@ -136,10 +153,19 @@ class EngineSettings:
     limit: ConcurrencyLimit | None = None
     fallback_aggregator: Runnable | None = None
     ranker_prompt: str | None = None
+    prices: dict[str, dict[str, float]] | None = None
+    max_cost_usd: float | None = None
+    max_total_tokens: int | None = None
+    select_references: int | None = None
+    selection_strategy: SelectionStrategy = "diverse"
+    selection_embeddings: Any = None
+    selection_judge: Runnable | None = None
+    early_stop: Agreement | None = None
+    circuit_breaker: bool = True
 
     def references(self, state: MoAState, layer: int) -> list[str]:
-        """The successful answers of ``layer``, fitted to the budget."""
-        texts = [p.text for p in state.get("proposals", []) if p.layer == layer and p.ok]
+        """The answers of ``layer`` that go on (see ``notes``), fitted to the budget."""
+        texts = [p.text for p in reference_proposals(state, layer)]
         return fit_references(texts, self.max_reference_chars)  # type: ignore[arg-type]
 
     def messages(self, state: MoAState, layer: int, prompt: str) -> list[BaseMessage]:
@@ -157,6 +183,7 @@ class _LayerState(MoAState, total=False):
 class _LayerOutput(TypedDict, total=False):
     proposals: list[Proposal]
     run_started: float
+    controls: dict[str, Any]
 
 
 _DEFAULT_OPTIONS = RunOptions()
@@ -508,7 +535,7 @@ def _ranked_choice(state: MoAState, layer: int, ranking: BaseMessage) -> AIMessa
     The first number in the ranker's reply that names a proposal wins; if none
     does, the first proposal is taken and ``ranker_parsed`` is false.
     """
-    texts = [p.text for p in state.get("proposals", []) if p.layer == layer and p.ok]
+    texts = [p.text for p in reference_proposals(state, layer)]
     numbers = [int(n) for n in re.findall(r"\d+", ranking.text)]
     choice = next((n for n in numbers if 1 <= n <= len(texts)), None)
     return AIMessage(
@@ -544,27 +571,41 @@ def _build_layer(
     proposers: Sequence[Runnable],
     settings: EngineSettings,
     background: BackgroundModels,
+    controls: LayerControls,
 ) -> CompiledStateGraph:
     labels = [model_label(model) for model in proposers]
 
     def start(state: _LayerState) -> dict:
-        # The first layer's start is the run's start: every record's offsets count from it.
-        update: dict[str, Any] = {"run_started": time.time()} if layer == 1 else {}
-        if settings.layer_deadline is not None:
+        update, skipped = controls.before(state, _options())
+        if layer == 1:
+            # The first layer's start is the run's start: every record's offsets count from it.
+            update["run_started"] = time.time()
+        if skipped:
+            return update
+        deadline, quorum = controls.watch()
+        if deadline is not None:
             update["layer_run"] = uuid.uuid4().hex
-            LAYER_WATCHES.open(update["layer_run"], settings.layer_deadline, settings.min_proposers)
+            LAYER_WATCHES.open(update["layer_run"], deadline, quorum)
         references = len(settings.references(state, layer - 1))
         _write(LayerStarted(layer, labels, references))
         return update
 
-    def finish(state: _LayerState) -> dict:
+    def check(state: _LayerState) -> bool:
         LAYER_WATCHES.close(state.get("layer_run"))
+        if controls.skipped(state):
+            return False
         mine = [p for p in state.get("proposals", []) if p.layer == layer]
         succeeded = sum(p.ok for p in mine)
         _write(LayerFinished(layer, succeeded, len(mine) - succeeded))
         if succeeded < settings.min_proposers:
             raise ProposersFailedError(layer, settings.min_proposers, mine)
-        return {}
+        return True
+
+    def finish(state: _LayerState, config: RunnableConfig) -> dict:
+        return controls.after(state, config, _options()) if check(state) else {}
+
+    async def afinish(state: _LayerState, config: RunnableConfig) -> dict:
+        return await controls.aafter(state, config, _options()) if check(state) else {}
 
     builder = StateGraph(_LayerState, context_schema=RunOptions, output_schema=_LayerOutput)
     builder.add_node("start", start)
@@ -573,10 +614,10 @@ def _build_layer(
     for index, (model, label) in enumerate(zip(proposers, labels, strict=True)):
         node = _Proposer(layer, index, model, label, settings, background)
         name = f"proposer_{index}"
-        builder.add_node(name, _node(node.invoke, node.ainvoke, name))
+        builder.add_node(name, _node(*controls.guard(node), name))
         builder.add_edge("start", name)
         names.append(name)
-    builder.add_node("finish", finish)
+    builder.add_node("finish", _node(finish, afinish, "finish"))
     builder.add_edge(names, "finish")
     builder.add_edge("finish", END)
     return builder.compile(name=f"layer_{layer}")
@@ -618,9 +659,11 @@ def build_moa_graph(
         settings = replace(settings, fallback_aggregator=fallback)
     builder = StateGraph(MoAState, context_schema=RunOptions, input_schema=MoAInput)
     previous = START
-    for layer, models in enumerate(proposer_layers, 1):
+    sampled = [_sampled(models) for models in proposer_layers]
+    controls = RunControls(settings, sampled, aggregator, background, _inner_config)
+    for layer, models in enumerate(sampled, 1):
         name = f"layer_{layer}"
-        subgraph = _build_layer(layer, _sampled(models), settings, background)
+        subgraph = _build_layer(layer, models, settings, background, controls.layer(layer))
         builder.add_node(name, subgraph)
         builder.add_edge(previous, name)
         previous = name

@@ -15,7 +15,8 @@ import contextvars
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -28,6 +29,7 @@ from langgraph.config import get_stream_writer
 from langchain_moa.callbacks import child_manager, inner_context, run_parent
 from langchain_moa.events import AnswerToken
 from langchain_moa.graph import RunOptions
+from langchain_moa.report import annotate
 from langchain_moa.state import MoAState
 from langchain_moa.validation import check_call_kwargs, check_conversation
 
@@ -198,7 +200,8 @@ class GraphRun:
     """One call's run of the ensemble's graph, prepared from the call's arguments.
 
     ``iterate``/``aiterate`` yield the answer's chunks (when streaming), then
-    the final state; progress events go out as they come.
+    the final state, whose answer ``finish`` completed (its cost and the cost
+    controls' record, see ``report``); progress events go out as they come.
     """
 
     graph: Any
@@ -207,6 +210,7 @@ class GraphRun:
     config: RunnableConfig
     progress: Progress
     context: contextvars.Context
+    finish: Callable[[MoAState], MoAState] = field(default=lambda state: state)
 
     @classmethod
     def prepare(
@@ -241,6 +245,7 @@ class GraphRun:
             config=graph_config(model, parent, run_id, is_async=is_async),
             progress=Progress(parent, run_id, manager_cls),
             context=inner_context(model.inner_callbacks),
+            finish=partial(annotate, model),
         )
 
     def iterate(self) -> Iterator[Any]:
@@ -259,7 +264,7 @@ class GraphRun:
                 self.progress.send(payload)
             elif kind == "state":
                 state = payload
-        yield checked(state)
+        yield self.finish(checked(state))
 
     async def aiterate(self) -> AsyncIterator[Any]:
         """Drive an async run."""
@@ -277,7 +282,7 @@ class GraphRun:
                 await self.progress.asend(payload)
             elif kind == "state":
                 state = payload
-        yield checked(state)
+        yield self.finish(checked(state))
 
 
 def run_options(
@@ -294,6 +299,7 @@ def run_options(
     tools = tuple(aggregator_kwargs.pop("tools", None) or ())
     tool_choice = aggregator_kwargs.pop("tool_choice", None)
     structured = aggregator_kwargs.pop("structured_output", None)
+    budget = {key: aggregator_kwargs.pop(key, None) for key in ("max_cost_usd", "max_total_tokens")}
     tool_kwargs = {
         key: aggregator_kwargs.pop(key)
         for key in ("parallel_tool_calls", "strict")
@@ -315,6 +321,7 @@ def run_options(
         tool_kwargs=tool_kwargs,
         structured=structured,
         cancelled=threading.Event(),
+        **budget,
     )
 
 

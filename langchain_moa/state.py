@@ -10,6 +10,8 @@ from langchain_core.messages.ai import UsageMetadata
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
+from langchain_moa.notes import merge_notes
+
 
 @dataclass(frozen=True)
 class Proposal:
@@ -78,13 +80,16 @@ class MoAState(TypedDict, total=False):
     graph), ``proposals`` (every proposer's answer of every layer),
     ``aggregation`` (the aggregator's call: model, latency, usage) and
     ``run_started`` (when the first layer started, a ``time.time()`` value: the
-    origin of every record's ``started_s``/``finished_s``).
+    origin of every record's ``started_s``/``finished_s``). When a cost control
+    acts (a budget, reference selection, early stop, the circuit breaker),
+    ``controls`` records what it decided (see ``langchain_moa.notes``).
     """
 
     messages: Annotated[list[AnyMessage], add_messages]
     proposals: Annotated[list[Proposal], merge_proposals]
     aggregation: Proposal
     run_started: float
+    controls: Annotated[dict[str, Any], merge_notes]
 
 
 class MoAInput(TypedDict):

@@ -41,6 +41,9 @@ CALL_KWARGS = frozenset(
         "structured_output",
         # Set by LangChain itself when streaming.
         "stream",
+        # The call's own budget (see MoAChatModel.max_cost_usd / max_total_tokens).
+        "max_cost_usd",
+        "max_total_tokens",
     }
 )
 """Per-call keyword arguments ``MoAChatModel`` accepts."""
@@ -173,6 +176,8 @@ def check_generation_arguments(kwargs: Mapping[str, Any]) -> None:
         "max_completion_tokens": {"low": 1, "integer": True},
         "top_logprobs": {"low": 0, "integer": True},
         "seed": {"low": -(2**63), "integer": True},
+        "max_total_tokens": {"low": 1, "integer": True},
+        "max_cost_usd": {"low": 0},
     }
     for name, bounds in checks.items():
         if kwargs.get(name) is not None:
@@ -216,3 +221,35 @@ def check_line_up(values: Mapping[str, Any]) -> None:
         if name in values and model is not None and not is_inner_model(model):
             msg = f"{name} is a {type(model).__name__}, not a chat model"
             raise ValueError(msg)
+
+
+def check_controls(model: Any) -> None:
+    """Refuse cost-control settings that cannot work together, naming the fix.
+
+    Raises:
+        ValueError: ``select_references`` without what its strategy needs, or a
+            selection model that is not a chat model.
+    """
+    k = model.select_references
+    strategy = model.selection_strategy
+    if k is not None and strategy == "diverse" and model.selection_embeddings is None:
+        msg = (
+            'select_references with selection_strategy="diverse" needs selection_embeddings '
+            '(any LangChain Embeddings), or choose selection_strategy="judge" or "first"'
+        )
+        raise ValueError(msg)
+    if k is not None and strategy == "judge" and model.selection_judge is None:
+        msg = (
+            'select_references with selection_strategy="judge" needs selection_judge (a chat model)'
+        )
+        raise ValueError(msg)
+    judge = model.selection_judge
+    if judge is not None and not is_inner_model(judge):
+        msg = f"selection_judge is a {type(judge).__name__}, not a chat model"
+        raise ValueError(msg)
+    if k is not None and strategy == "first" and k < model.min_proposers:
+        msg = (
+            f'select_references={k} with selection_strategy="first" keeps fewer answers than '
+            f"min_proposers={model.min_proposers} requires"
+        )
+        raise ValueError(msg)

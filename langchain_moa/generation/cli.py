@@ -59,6 +59,7 @@ from langchain_moa.presets import REGISTRY
 
 try:
     from rich.console import Console
+    from rich.markup import escape
 except ImportError as _missing:  # pragma: no cover - depends on the install
     raise missing_extra("cli", _missing) from _missing
 
@@ -242,6 +243,8 @@ def _print_report(console: Console, report: GenerationReport) -> None:
         f"{report.completed} answered, {report.skipped} already present, "
         f"{report.failed} failed, of {report.total} -> {report.output_path}"
     )
+    if report.completed:
+        console.print(f"[bold]Tokens:[/] {escape(report.spend.describe())}")
     if report.failed:
         console.print(
             f"[red]failed items are listed in {report.errors_path}[/]; "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from langchain_moa.generation.instructions import (
     load_jobs,
 )
 from langchain_moa.generation.outputs import ErrorLog, Generator, OutputStore, open_store
+from langchain_moa.report import Spend
 
 try:
     from rich.console import Console
@@ -33,12 +34,15 @@ def _answer_text(reply: Any) -> str:
     return reply.text if isinstance(reply, BaseMessage) else str(reply)
 
 
-async def answer_turns(llm: Runnable[Any, Any], turns: Sequence[str]) -> list[str]:
+async def answer_turns(
+    llm: Runnable[Any, Any], turns: Sequence[str], spend: Spend | None = None
+) -> list[str]:
     """Ask the user turns in order, each with the conversation so far.
 
     Args:
         llm: The ensemble (any chat model or runnable taking messages).
         turns: The user turns.
+        spend: Where the answers' tokens and dollars are added up, if anywhere.
 
     Returns:
         One final answer per turn.
@@ -50,7 +54,10 @@ async def answer_turns(llm: Runnable[Any, Any], turns: Sequence[str]) -> list[st
     answers: list[str] = []
     for turn in turns:
         messages.append(HumanMessage(turn))
-        text = _answer_text(await llm.ainvoke(messages))
+        reply = await llm.ainvoke(messages)
+        if spend is not None:
+            spend.add(reply)
+        text = _answer_text(reply)
         if not text.strip():
             msg = f"the answer to turn {len(answers) + 1} is empty"
             raise EmptyAnswerError(msg)
@@ -59,10 +66,12 @@ async def answer_turns(llm: Runnable[Any, Any], turns: Sequence[str]) -> list[st
     return answers
 
 
-async def _run_job(job: Job, llm: Runnable[Any, Any], store: OutputStore, errors: ErrorLog) -> bool:
+async def _run_job(
+    job: Job, llm: Runnable[Any, Any], store: OutputStore, errors: ErrorLog, spend: Spend
+) -> bool:
     """Answer one job and save it, or record why it failed; never raises."""
     try:
-        answers = await answer_turns(llm, job.turns)
+        answers = await answer_turns(llm, job.turns, spend)
     except Exception as error:  # one item failing must not end the run
         errors.add(job, error)
         return False
@@ -81,6 +90,7 @@ class GenerationReport:
         failed: Items that failed in this run (listed in ``errors_path``).
         output_path: The output file.
         errors_path: The errors file (present only if ``failed``).
+        spend: Tokens and dollars of this run's answers.
     """
 
     total: int
@@ -89,6 +99,7 @@ class GenerationReport:
     failed: int
     output_path: Path
     errors_path: Path
+    spend: Spend = field(default_factory=Spend)
 
     @property
     def ok(self) -> bool:
@@ -116,6 +127,7 @@ async def _run_jobs(
     *,
     concurrency: int,
     on_done: Callable[[], None],
+    spend: Spend,
 ) -> int:
     """Answer the jobs with ``concurrency`` workers; return how many succeeded.
 
@@ -129,7 +141,7 @@ async def _run_jobs(
     async def worker() -> int:
         succeeded = 0
         for job in queue:  # the workers share the iterator: each job is taken once
-            succeeded += await _run_job(job, llm, store, errors)
+            succeeded += await _run_job(job, llm, store, errors, spend)
             on_done()
         return succeeded
 
@@ -198,6 +210,7 @@ async def agenerate(
     store = open_store(fmt, output_path, every_job, generator, allow_mixed=allow_mixed_generators)
     pending = store.pending(jobs)
     errors = ErrorLog(output_path)
+    spend = Spend()
     with _progress(console, show=show_progress) as progress:
         task = progress.add_task(f"{fmt} → {output_path.name}", total=len(pending), failed=0)
 
@@ -206,7 +219,7 @@ async def agenerate(
 
         try:
             completed = await _run_jobs(
-                pending, llm, store, errors, concurrency=concurrency, on_done=on_done
+                pending, llm, store, errors, concurrency=concurrency, on_done=on_done, spend=spend
             )
         finally:
             store.close()
@@ -218,4 +231,5 @@ async def agenerate(
         failed=errors.count,
         output_path=output_path,
         errors_path=errors.path,
+        spend=spend,
     )

@@ -38,7 +38,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from langchain_moa.testing.answer_texts import (
@@ -68,6 +68,7 @@ from langchain_moa.wire import (
 )
 
 __all__ = [
+    "pad_answer",
     "NON_TEXT_PART_TOKENS",
     "REFERENCES_MARKER",
     "RequestError",
@@ -403,3 +404,43 @@ def stream_chunks(
     if include_usage:
         chunks.append(chunk_body(choices=[], usage=turn.usage, **common))
     return chunks
+
+
+_FILLER = ("and", "more", "detail")
+
+
+def pad_answer(
+    turn: SimulatedTurn, tokens: int | None, request_body: Mapping[str, Any]
+) -> SimulatedTurn:
+    """Pad a text answer with filler words to ``tokens`` tokens, then cut it by ``max_tokens``.
+
+    Tool calls, JSON documents (``response_format``) and answers already that
+    long are returned unchanged.
+
+    Args:
+        turn: The simulated turn.
+        tokens: The answer's length in tokens (``None``: unchanged).
+        request_body: The request (for ``max_tokens``).
+
+    Returns:
+        The padded turn.
+    """
+    if tokens is None or turn.content is None or request_body.get("response_format"):
+        return turn
+    words = split_tokens(turn.content)
+    if len(words) >= tokens:
+        return turn
+    body = turn.content if not words or words[-1][-1:].isspace() else turn.content + " "
+    filler = [_FILLER[i % len(_FILLER)] for i in range(tokens - len(words))]
+    content = body + " ".join(filler)
+    finish_reason = turn.finish_reason
+    limit = _max_tokens(request_body)
+    if limit is not None and tokens > limit:
+        content = "".join(split_tokens(content)[:limit])
+        finish_reason = "length"
+    return replace(
+        turn,
+        content=content,
+        finish_reason=finish_reason,
+        completion_tokens=min(tokens, limit or tokens),
+    )

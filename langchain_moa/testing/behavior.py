@@ -138,6 +138,10 @@ class ModelBehavior:
             ends normally with ``[DONE]`` but every chunk has
             ``finish_reason: null``; a non-streaming answer has
             ``finish_reason: null``.
+        answer_tokens: Make every text answer this many tokens long (a
+            shorter one is padded with filler words after the usual text, a
+            longer one is kept); ``max_tokens`` still cuts it. For realistic
+            token counts in cost measurements.
     """
 
     first_token_latency: float = 0.0
@@ -156,6 +160,7 @@ class ModelBehavior:
     die_after_tokens: int | None = None
     hang_after_tokens: int | None = None
     no_finish_reason: bool = False
+    answer_tokens: int | None = None
 
     def __post_init__(self) -> None:
         """Validate the knobs.
@@ -185,6 +190,7 @@ class ModelBehavior:
             raise ValueError(msg)
         _check_count("die_after_tokens", self.die_after_tokens)
         _check_count("hang_after_tokens", self.hang_after_tokens)
+        _check_count("answer_tokens", self.answer_tokens)
         for name in _BOOL_KNOBS:
             if not isinstance(getattr(self, name), bool):
                 msg = f"{name} must be a bool, got {getattr(self, name)!r}"

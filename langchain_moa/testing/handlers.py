@@ -22,6 +22,7 @@ from langchain_moa._extras import missing_extra
 from langchain_moa.testing.answers import (
     SimulatedTurn,
     completion_response,
+    pad_answer,
     request_digest,
     simulate,
     stream_chunks,
@@ -212,7 +213,7 @@ class ChatHandlers:
             if behavior.echo_key:
                 message = echo_key_message(request.headers.get("Authorization", ""), message)
             return error_response(plan.status, message, retry_after=behavior.retry_after)
-        turn = simulate(body)
+        turn = pad_answer(simulate(body), behavior.answer_tokens, body)
         response_id = f"chatcmpl-{request_digest(body)[:24]}"
         created = int(time.time())
         if behavior.malformed:

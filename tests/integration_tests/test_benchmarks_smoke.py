@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("critical_path", "overhead", "ttft", "tail_latency", "throughput", "memory", "serve")
+SECTIONS = (
+    "critical_path",
+    "overhead",
+    "ttft",
+    "tail_latency",
+    "throughput",
+    "memory",
+    "serve",
+    "cost",
+)
 CHARTS = ("critical_path.png", "ttft.png", "tail_latency.png")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
