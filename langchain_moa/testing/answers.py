@@ -68,7 +68,6 @@ from langchain_moa.wire import (
 )
 
 __all__ = [
-    "pad_answer",
     "NON_TEXT_PART_TOKENS",
     "REFERENCES_MARKER",
     "RequestError",
@@ -84,6 +83,7 @@ __all__ = [
     "generate_from_schema",
     "json_object_answer",
     "last_user_text",
+    "pad_answer",
     "parse_references",
     "prompt_tokens",
     "quoted_strings",
