@@ -39,7 +39,11 @@ from langchain_moa.callbacks import InnerCallbacks, child_manager, inner_context
 from langchain_moa.events import AnswerToken
 from langchain_moa.graph import EngineSettings, RunOptions, build_moa_graph
 from langchain_moa.inner_models import chat_model_of, is_inner_model, model_identity
-from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT, DEFAULT_RANKER_PROMPT
+from langchain_moa.prompts import (
+    DEFAULT_AGGREGATOR_PROMPT,
+    DEFAULT_RANKER_PROMPT,
+    ReferenceFormat,
+)
 from langchain_moa.resilience import ConcurrencyLimit, RetryPolicy
 from langchain_moa.state import MoAState
 from langchain_moa.structured_output import StructuredMethod, structured_runnable
@@ -193,6 +197,11 @@ class MoAChatModel(BaseChatModel):
     max_reference_chars: int | None = Field(default=None, ge=1)
     """Character budget of the references one agent reads; longer ones are cut
     fairly, each with a visible truncation marker. ``None``: no budget."""
+
+    reference_format: ReferenceFormat = "paper"
+    """How references are laid out: ``"paper"`` (the paper's numbered list) or
+    ``"delimited"`` (each fenced by a tag with a per-call nonce, so that a
+    reference cannot forge the prompt's structure; see ``prompts``)."""
 
     fallback_aggregator: Runnable | None = None
     """Aggregates instead when the aggregator fails (after its retries)."""
@@ -351,6 +360,7 @@ class MoAChatModel(BaseChatModel):
             aggregator_first_token_timeout=self.aggregator_first_token_timeout,
             layer_deadline=self.layer_deadline,
             max_reference_chars=self.max_reference_chars,
+            reference_format=self.reference_format,
             limit=ConcurrencyLimit(self.max_concurrency) if self.max_concurrency else None,
             fallback_aggregator=self.fallback_aggregator,
             ranker_prompt=self.ranker_prompt if self.aggregation == "rank" else None,

@@ -44,7 +44,7 @@ from langchain_moa.events import (
     event_to_dict,
 )
 from langchain_moa.inner_models import bind_tools, model_label, with_settings
-from langchain_moa.prompts import fit_references, inject_references
+from langchain_moa.prompts import ReferenceFormat, fit_references, inject_references
 from langchain_moa.resilience import (
     LAYER_WATCHES,
     AggregatorTimeoutError,
@@ -124,7 +124,7 @@ class EngineSettings:
     aggregator_first_token_timeout: float | None = None
     layer_deadline: float | None = None
     max_reference_chars: int | None = None
-    reference_format: str = "paper"
+    reference_format: ReferenceFormat = "paper"
     limit: ConcurrencyLimit | None = None
     fallback_aggregator: Runnable | None = None
     ranker_prompt: str | None = None
@@ -137,7 +137,9 @@ class EngineSettings:
     def messages(self, state: MoAState, layer: int, prompt: str) -> list[BaseMessage]:
         """The conversation with ``layer``'s answers as references under ``prompt``."""
         references = self.references(state, layer)
-        return inject_references(state["messages"], references, prompt)
+        return inject_references(
+            state["messages"], references, prompt, reference_format=self.reference_format
+        )
 
 
 class _LayerState(MoAState, total=False):
