@@ -95,11 +95,21 @@ class InnerCall:
     limits: CallLimits
     writer: Callable[[Any], None] | None = None
     started: float = field(default_factory=time.perf_counter)
+    streamed: AIMessageChunk | None = None
 
     def run_async(self) -> Any:
         """The awaitable of the call on the caller's event loop."""
         runnable = self.build(self.model)
-        return call_async(lambda: self._acall(runnable), self.limits)
+        return self._guarded(call_async(lambda: self._acall(runnable), self.limits))
+
+    async def _guarded(self, call: Any) -> BaseMessage:
+        try:
+            return await call
+        except Exception as error:
+            broken = self._broken(error)
+            if broken is error:
+                raise
+            raise broken from error
 
     def run_sync(self, background: Runnable | None) -> BaseMessage:
         """Run the call from a sync caller.
@@ -108,11 +118,29 @@ class InnerCall:
             background: The model's copy for the background loop, or ``None``
                 (then the call runs in a worker thread).
         """
-        if background is not None:
-            runnable = self.build(background)
-            return call_sync(lambda: self._acall(runnable), self.limits)
-        runnable = self.build(self.model)
-        return call_in_thread(lambda: self._call(runnable), self.limits)
+        try:
+            if background is not None:
+                runnable = self.build(background)
+                return call_sync(lambda: self._acall(runnable), self.limits)
+            runnable = self.build(self.model)
+            return call_in_thread(lambda: self._call(runnable), self.limits)
+        except Exception as error:
+            broken = self._broken(error)
+            if broken is error:
+                raise
+            raise broken from error
+
+    def _broken(self, error: Exception) -> Exception:
+        """``error``, as a ``StreamBrokenError`` if part of the answer went out.
+
+        A timeout, deadline or cancellation ends a stream from outside it, so
+        the stream's own consumer cannot mark the failure as coming too late
+        for a retry or a fallback.
+        """
+        streamed = _streamed_text(self.streamed)
+        if isinstance(error, StreamBrokenError) or not streamed:
+            return error
+        return StreamBrokenError(error, streamed)
 
     async def _acall(self, runnable: Runnable) -> BaseMessage:
         if self.writer is None:
@@ -132,16 +160,22 @@ class InnerCall:
             msg = "the caller went away"
             raise _Stopped(msg)
         self.writer(AnswerToken(chunk))  # type: ignore[misc]
-        return chunk if total is None else total + chunk
+        self.streamed = chunk if total is None else total + chunk
+        return self.streamed
 
 
 class _Stopped(Exception):
     """The caller went away while a stream was being read."""
 
 
+def _streamed_text(total: AIMessageChunk | None) -> str:
+    """What of a streamed answer reached the caller (``""``: nothing visible)."""
+    return total.text if total is not None and _visible(total) else ""
+
+
 def _finished(total: AIMessageChunk | None, error: BaseException | None) -> BaseMessage:
     """The streamed answer, or the error to raise for it."""
-    streamed = total.text if total is not None and _visible(total) else ""
+    streamed = _streamed_text(total)
     try:
         if error is not None:
             raise error
