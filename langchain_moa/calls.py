@@ -70,6 +70,15 @@ def checked_answer(answer: BaseMessage) -> BaseMessage:
     return answer
 
 
+def _no_choices() -> EmptyAnswerError:
+    """The error for an answer without any choice.
+
+    LangChain's ``invoke`` indexes the first generation, so a provider that
+    answers ``"choices": []`` surfaces as an ``IndexError``.
+    """
+    return EmptyAnswerError("the provider returned an empty answer (no choices)")
+
+
 def _visible(chunk: AIMessageChunk) -> bool:
     return bool(chunk.content) or bool(chunk.tool_call_chunks)
 
@@ -144,12 +153,20 @@ class InnerCall:
 
     async def _acall(self, runnable: Runnable) -> BaseMessage:
         if self.writer is None:
-            return checked_answer(await runnable.ainvoke(self.messages, self.config))
+            try:
+                answer = await runnable.ainvoke(self.messages, self.config)
+            except IndexError as error:
+                raise _no_choices() from error
+            return checked_answer(answer)
         return await _aconsume(runnable.astream(self.messages, self.config), self)
 
     def _call(self, runnable: Runnable) -> BaseMessage:
         if self.writer is None:
-            return checked_answer(runnable.invoke(self.messages, self.config))
+            try:
+                answer = runnable.invoke(self.messages, self.config)
+            except IndexError as error:
+                raise _no_choices() from error
+            return checked_answer(answer)
         return _consume(runnable.stream(self.messages, self.config), self)
 
     def chunk(self, total: AIMessageChunk | None, chunk: AIMessageChunk) -> AIMessageChunk:
