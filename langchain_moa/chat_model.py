@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import hashlib
 import math
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -696,12 +697,14 @@ class MoAChatModel(BaseChatModel):
         config = self._graph_config(parent, run_id, is_async=False)
         progress = _Progress(parent, run_id, CallbackManager)
         context = inner_context(self.inner_callbacks)
-        items = context.run(
-            self.graph.stream, inputs, config, context=options, **progress.stream_modes()
-        )
+
+        def stream() -> Iterator[Any]:
+            return self.graph.stream(inputs, config, context=options, **progress.stream_modes())
+
+        items = _GraphPump(context, stream)
         state: MoAState | None = None
         try:
-            while (item := context.run(next, items, None)) is not None:
+            while (item := items.next()) is not None:
                 kind, payload = _classify(item)
                 if kind == "token":
                     yield _token_chunk(payload)
@@ -713,7 +716,7 @@ class MoAChatModel(BaseChatModel):
             # A closed stream or an interrupt: stop inner calls now, not when
             # LangGraph's executor has waited for them.
             options.cancelled.set()  # type: ignore[union-attr]
-            context.run(items.close)
+            items.close()
         yield _checked(state)
 
     async def _arun(
@@ -823,6 +826,62 @@ class MoAChatModel(BaseChatModel):
             "run_id": config.get("run_id") or uuid4(),
             "callbacks": manager,
         }
+
+
+_PUMP_POLL_S = 0.1
+
+
+class _GraphPump:
+    """Runs a sync graph stream on a worker thread, one item per request.
+
+    The caller's thread only waits for the next item, so a Ctrl-C
+    (``KeyboardInterrupt``) lands in ``_run``, which cancels the inner calls
+    before closing the stream. Driven from the caller's thread, the stream
+    would take the interrupt inside LangGraph, which first waits for its
+    running nodes, and they for inner calls that nothing cancels.
+    """
+
+    def __init__(self, context: contextvars.Context, make: Callable[[], Iterator[Any]]) -> None:
+        self._requests: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._work, make), name="moa-graph", daemon=True
+        )
+        self._thread.start()
+
+    def _work(self, make: Callable[[], Iterator[Any]]) -> None:
+        items = make()
+        try:
+            while self._requests.get():
+                try:
+                    item = next(items, None)
+                except BaseException as error:
+                    self._results.put((False, error))
+                    return
+                self._results.put((True, item))
+                if item is None:
+                    return
+        finally:
+            items.close()  # type: ignore[attr-defined]
+
+    def next(self) -> Any:
+        """The stream's next item (``None`` at its end); its error is raised here."""
+        self._requests.put(True)
+        while True:
+            # With a timeout: a wait without one cannot be interrupted everywhere.
+            try:
+                ok, value = self._results.get(timeout=_PUMP_POLL_S)
+            except queue.Empty:
+                continue
+            if ok:
+                return value
+            raise value
+
+    def close(self) -> None:
+        """Close the stream (at once if idle, else after its current step) and wait."""
+        self._requests.put(False)
+        while self._thread.is_alive():
+            self._thread.join(_PUMP_POLL_S)
 
 
 class _Progress:
