@@ -70,6 +70,15 @@ def checked_answer(answer: BaseMessage) -> BaseMessage:
     return answer
 
 
+def _no_choices() -> EmptyAnswerError:
+    """The error for an answer without any choice.
+
+    LangChain's ``invoke`` indexes the first generation, so a provider that
+    answers ``"choices": []`` surfaces as an ``IndexError``.
+    """
+    return EmptyAnswerError("the provider returned an empty answer (no choices)")
+
+
 def _visible(chunk: AIMessageChunk) -> bool:
     return bool(chunk.content) or bool(chunk.tool_call_chunks)
 
@@ -95,11 +104,21 @@ class InnerCall:
     limits: CallLimits
     writer: Callable[[Any], None] | None = None
     started: float = field(default_factory=time.perf_counter)
+    streamed: AIMessageChunk | None = None
 
     def run_async(self) -> Any:
         """The awaitable of the call on the caller's event loop."""
         runnable = self.build(self.model)
-        return call_async(lambda: self._acall(runnable), self.limits)
+        return self._guarded(call_async(lambda: self._acall(runnable), self.limits))
+
+    async def _guarded(self, call: Any) -> BaseMessage:
+        try:
+            return await call
+        except Exception as error:
+            broken = self._broken(error)
+            if broken is error:
+                raise
+            raise broken from error
 
     def run_sync(self, background: Runnable | None) -> BaseMessage:
         """Run the call from a sync caller.
@@ -108,20 +127,46 @@ class InnerCall:
             background: The model's copy for the background loop, or ``None``
                 (then the call runs in a worker thread).
         """
-        if background is not None:
-            runnable = self.build(background)
-            return call_sync(lambda: self._acall(runnable), self.limits)
-        runnable = self.build(self.model)
-        return call_in_thread(lambda: self._call(runnable), self.limits)
+        try:
+            if background is not None:
+                runnable = self.build(background)
+                return call_sync(lambda: self._acall(runnable), self.limits)
+            runnable = self.build(self.model)
+            return call_in_thread(lambda: self._call(runnable), self.limits)
+        except Exception as error:
+            broken = self._broken(error)
+            if broken is error:
+                raise
+            raise broken from error
+
+    def _broken(self, error: Exception) -> Exception:
+        """``error``, as a ``StreamBrokenError`` if part of the answer went out.
+
+        A timeout, deadline or cancellation ends a stream from outside it, so
+        the stream's own consumer cannot mark the failure as coming too late
+        for a retry or a fallback.
+        """
+        streamed = _streamed_text(self.streamed)
+        if isinstance(error, StreamBrokenError) or not streamed:
+            return error
+        return StreamBrokenError(error, streamed)
 
     async def _acall(self, runnable: Runnable) -> BaseMessage:
         if self.writer is None:
-            return checked_answer(await runnable.ainvoke(self.messages, self.config))
+            try:
+                answer = await runnable.ainvoke(self.messages, self.config)
+            except IndexError as error:
+                raise _no_choices() from error
+            return checked_answer(answer)
         return await _aconsume(runnable.astream(self.messages, self.config), self)
 
     def _call(self, runnable: Runnable) -> BaseMessage:
         if self.writer is None:
-            return checked_answer(runnable.invoke(self.messages, self.config))
+            try:
+                answer = runnable.invoke(self.messages, self.config)
+            except IndexError as error:
+                raise _no_choices() from error
+            return checked_answer(answer)
         return _consume(runnable.stream(self.messages, self.config), self)
 
     def chunk(self, total: AIMessageChunk | None, chunk: AIMessageChunk) -> AIMessageChunk:
@@ -132,16 +177,22 @@ class InnerCall:
             msg = "the caller went away"
             raise _Stopped(msg)
         self.writer(AnswerToken(chunk))  # type: ignore[misc]
-        return chunk if total is None else total + chunk
+        self.streamed = chunk if total is None else total + chunk
+        return self.streamed
 
 
 class _Stopped(Exception):
     """The caller went away while a stream was being read."""
 
 
+def _streamed_text(total: AIMessageChunk | None) -> str:
+    """What of a streamed answer reached the caller (``""``: nothing visible)."""
+    return total.text if total is not None and _visible(total) else ""
+
+
 def _finished(total: AIMessageChunk | None, error: BaseException | None) -> BaseMessage:
     """The streamed answer, or the error to raise for it."""
-    streamed = total.text if total is not None and _visible(total) else ""
+    streamed = _streamed_text(total)
     try:
         if error is not None:
             raise error

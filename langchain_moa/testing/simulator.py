@@ -293,15 +293,21 @@ class OpenAISimulator:
         Args:
             model: Any model name; its ``ModelBehavior`` applies.
             **kwargs: Further ``ChatOpenAI`` arguments (they override the
-                defaults: no retries, usage reported when streaming).
+                defaults: API key ``"simulator"``, no retries, usage reported
+                when streaming).
 
         Returns:
             The chat model, talking to the simulator over HTTP.
         """
         from langchain_openai import ChatOpenAI
 
-        params: dict[str, Any] = {"max_retries": 0, "stream_usage": True, **kwargs}
-        return ChatOpenAI(base_url=self.base_url, api_key="simulator", model=model, **params)
+        params: dict[str, Any] = {
+            "api_key": "simulator",
+            "max_retries": 0,
+            "stream_usage": True,
+            **kwargs,
+        }
+        return ChatOpenAI(base_url=self.base_url, model=model, **params)
 
     @property
     def behaviors(self) -> dict[str, ModelBehavior]:
