@@ -2,10 +2,12 @@
 
 from importlib import metadata
 
+from langchain_moa.aggregation import AggregationStrategy
 from langchain_moa.chat_model import PROGRESS_EVENT, MoAChatModel
 from langchain_moa.errors import AggregatorFailedError, MoAError, ProposersFailedError
 from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT, ReferenceFormat
 from langchain_moa.state import Proposal
+from langchain_moa.strategies import Rank, Sequential, Staircase, Synthesize
 
 try:
     __version__ = metadata.version("langchain-moa")
@@ -15,11 +17,16 @@ except metadata.PackageNotFoundError:  # pragma: no cover - source checkout
 __all__ = [
     "DEFAULT_AGGREGATOR_PROMPT",
     "PROGRESS_EVENT",
+    "AggregationStrategy",
     "AggregatorFailedError",
     "MoAChatModel",
     "MoAError",
     "Proposal",
     "ProposersFailedError",
+    "Rank",
     "ReferenceFormat",
+    "Sequential",
+    "Staircase",
+    "Synthesize",
     "__version__",
 ]

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import replace
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID, uuid4
 
 from langchain_core.caches import BaseCache
@@ -34,9 +34,10 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.config import get_stream_writer
 from langgraph.graph.state import CompiledStateGraph
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from langchain_moa._compat import convert_cached_generations, openai_root_async_client
+from langchain_moa.aggregation import AggregationStrategy
 from langchain_moa.callbacks import InnerCallbacks, child_manager, inner_context
 from langchain_moa.events import AnswerToken
 from langchain_moa.graph import EngineSettings, RunOptions, build_moa_graph
@@ -48,6 +49,7 @@ from langchain_moa.prompts import (
 )
 from langchain_moa.resilience import ConcurrencyLimit, RetryPolicy
 from langchain_moa.state import MoAState
+from langchain_moa.strategies import Rank, resolve_aggregation
 from langchain_moa.structured_output import StructuredMethod, structured_runnable
 from langchain_moa.validation import (
     MAX_LAYERS,
@@ -188,10 +190,14 @@ class MoAChatModel(BaseChatModel):
     aggregator_prompt: str = DEFAULT_AGGREGATOR_PROMPT
     """System prompt that introduces the references; the paper's by default."""
 
-    aggregation: Literal["synthesize", "rank"] = "synthesize"
-    """``"synthesize"``: the aggregator writes a new answer (MoA). ``"rank"``: it
-    only picks the best proposal, which becomes the answer word for word (the
-    paper's LLM-ranker baseline, Figure 4)."""
+    aggregation: str | AggregationStrategy = "synthesize"
+    """How the aggregator writes the answer (see ``langchain_moa.aggregation``):
+    ``"synthesize"`` (MoA: it writes a new answer from every proposal),
+    ``"rank"`` (it only picks the best proposal, which becomes the answer word
+    for word: the paper's LLM-ranker baseline, Figure 4), ``"staircase"`` (it
+    starts on the proposals' first chunks, see ``Staircase``), ``"sequential"``
+    (it reads a window of proposals at a time, see ``Sequential``), or a
+    configured instance such as ``Staircase(chunk_tokens=48)``."""
 
     reference_format: ReferenceFormat = "paper"
     """How references are laid out for the aggregator: ``"paper"`` (numbered, the
@@ -306,6 +312,12 @@ class MoAChatModel(BaseChatModel):
                 raise ValueError(msg)
         return values
 
+    @field_validator("aggregation")
+    @classmethod
+    def _check_aggregation(cls, value: Any) -> Any:
+        resolve_aggregation(value)  # an unknown name fails here, naming the known ones
+        return value
+
     @model_validator(mode="after")
     def _check_layers(self) -> MoAChatModel:
         per_layer = isinstance(self.proposers[0], list)
@@ -418,6 +430,7 @@ class MoAChatModel(BaseChatModel):
             for key, value in (("temperature", self.temperature), ("max_tokens", self.max_tokens))
             if value is not None
         }
+        strategy = resolve_aggregation(self.aggregation)
         return EngineSettings(
             **{target: getattr(self, name) for name, target in ENGINE_FIELDS.items()},
             call_kwargs=call_kwargs,
@@ -426,7 +439,8 @@ class MoAChatModel(BaseChatModel):
             aggregator_call_kwargs={"stop": self.stop} if self.stop else {},
             retry=RetryPolicy(self.max_retries, self.retry_base_delay, self.retry_max_delay),
             limit=ConcurrencyLimit(self.max_concurrency) if self.max_concurrency else None,
-            ranker_prompt=self.ranker_prompt if self.aggregation == "rank" else None,
+            ranker_prompt=self.ranker_prompt if isinstance(strategy, Rank) else None,
+            aggregation=strategy,
         )
 
     @cached_property
@@ -507,11 +521,8 @@ class MoAChatModel(BaseChatModel):
         }
         if stop := stop or self.stop:
             aggregator_kwargs["stop"] = stop
-        if self.aggregation == "rank" and (tools or structured):
-            msg = (
-                'aggregation="rank" picks a proposal as is: it cannot call tools or follow a schema'
-            )
-            raise ValueError(msg)
+        strategy = resolve_aggregation(self.aggregation)
+        strategy.check_call(tools=bool(tools), structured=structured is not None)
         hidden = ("nostream",) if self.inner_callbacks == "tracers" else ()
         return RunOptions(
             aggregator_kwargs=aggregator_kwargs,
@@ -989,6 +1000,8 @@ def _setting_identity(value: Any) -> Any:
     """A setting as it enters the cache key: models by identity, long text hashed."""
     if isinstance(value, Runnable):
         return model_identity(value)
+    if isinstance(value, AggregationStrategy):
+        return value.identity
     if isinstance(value, (list, tuple)):
         return [_setting_identity(v) for v in value]
     if isinstance(value, str) and len(value) > 64:

@@ -13,11 +13,10 @@ used alone or as a subgraph gives the same result as the chat model.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,7 +24,6 @@ from typing import Any
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.config import merge_configs
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -33,15 +31,10 @@ from langgraph.runtime import get_runtime
 from typing_extensions import TypedDict
 
 from langchain_moa._compat import RunnableCallable
-from langchain_moa.calls import BackgroundModels, InnerCall, StreamBrokenError
-from langchain_moa.errors import (
-    AggregatorFailedError,
-    ProposersFailedError,
-    describe_error,
-    mask_exception,
-)
+from langchain_moa.aggregation import Aggregated, AggregationJob, AggregationStrategy
+from langchain_moa.calls import BackgroundModels, InnerCall, inner_config
+from langchain_moa.errors import ProposersFailedError, describe_error
 from langchain_moa.events import (
-    AggregationStarted,
     AnswerToken,
     LayerFinished,
     LayerStarted,
@@ -52,7 +45,6 @@ from langchain_moa.inner_models import bind_tools, model_label, with_settings
 from langchain_moa.prompts import ReferenceFormat, fit_references, inject_references
 from langchain_moa.resilience import (
     LAYER_WATCHES,
-    AggregatorTimeoutError,
     CallLimits,
     ConcurrencyLimit,
     ProposerTimeoutError,
@@ -60,7 +52,8 @@ from langchain_moa.resilience import (
     RunCancelledError,
 )
 from langchain_moa.state import MoAInput, MoAState, Proposal
-from langchain_moa.structured_output import StructuredRequest, constrained_aggregator
+from langchain_moa.strategies import Rank, Synthesize
+from langchain_moa.structured_output import StructuredRequest
 
 
 @dataclass(frozen=True)
@@ -117,8 +110,11 @@ class EngineSettings:
         reference_format: How references are laid out (``"paper"``, ``"delimited"``).
         limit: Bound on in-flight inner calls.
         fallback_aggregator: Aggregates instead if the aggregator fails.
-        ranker_prompt: If set, the aggregator only picks the best proposal
-            (the paper's LLM-ranker baseline) with this prompt.
+        ranker_prompt: The ranking prompt of ``aggregation="rank"``; without an
+            ``aggregation``, setting it selects the ranker (as it always did).
+        aggregation: How the aggregator writes the answer (see
+            ``langchain_moa.aggregation``); ``None``: ``"rank"`` if
+            ``ranker_prompt`` is set, else ``"synthesize"``.
     """
 
     prompt: str
@@ -136,6 +132,14 @@ class EngineSettings:
     limit: ConcurrencyLimit | None = None
     fallback_aggregator: Runnable | None = None
     ranker_prompt: str | None = None
+    aggregation: AggregationStrategy | None = None
+
+    @property
+    def strategy(self) -> AggregationStrategy:
+        """The aggregation strategy in force."""
+        if self.aggregation is not None:
+            return self.aggregation
+        return Rank() if self.ranker_prompt is not None else Synthesize()
 
     def references(self, state: MoAState, layer: int) -> list[str]:
         """The successful answers of ``layer``, fitted to the budget."""
@@ -164,26 +168,6 @@ _DEFAULT_OPTIONS = RunOptions()
 def _options() -> RunOptions:
     context = get_runtime(RunOptions).context
     return context if isinstance(context, RunOptions) else _DEFAULT_OPTIONS
-
-
-# LangGraph's own entries of a node's ``configurable``; not settings of the
-# inner models (a configurable ``init_chat_model(configurable_fields="any")``
-# would take them as model parameters and send them to the provider).
-_LANGGRAPH_KEYS = frozenset({"checkpoint_id", "checkpoint_map", "checkpoint_ns", "thread_id"})
-
-
-def _inner_config(
-    config: RunnableConfig, run_name: str, metadata: dict[str, Any], tags: tuple[str, ...]
-) -> RunnableConfig:
-    inner = merge_configs(
-        config, {"run_name": run_name, "metadata": metadata, "tags": ["moa:inner", *tags]}
-    )
-    inner["configurable"] = {
-        key: value
-        for key, value in inner.get("configurable", {}).items()
-        if not key.startswith("__pregel_") and key not in _LANGGRAPH_KEYS
-    }
-    return inner
 
 
 def _elapsed(started: float) -> float:
@@ -229,7 +213,7 @@ class _Proposer:
             limit=self.settings.limit,
             cancelled=options.cancelled,
         )
-        inner = _inner_config(config, name, metadata, options.proposer_tags)
+        inner = inner_config(config, name, metadata, options.proposer_tags)
         return InnerCall(self._build, self.model, messages, inner, limits)
 
     def _record(
@@ -271,125 +255,144 @@ class _Proposer:
             return self._record(call, error=error)
         return self._record(call, answer)
 
+    async def astreamed(
+        self,
+        state: _LayerState,
+        config: RunnableConfig,
+        on_chunk: Callable[[AIMessageChunk], None] | None,
+        model: Runnable | None = None,
+    ) -> Proposal:
+        """Answer as ``ainvoke`` does, streamed to ``on_chunk``; return the record.
+
+        Args:
+            state: The state the proposer reads (with its layer's ``layer_run``).
+            config: The node's config.
+            on_chunk: Gets every chunk as it arrives (``None``: not streamed).
+            model: The model to call instead of the proposer's own (its copy
+                for the background loop).
+        """
+        call = self._call(state, config)
+        if on_chunk is not None:
+            call.writer = lambda token: on_chunk(token.chunk)
+        if model is not None:
+            call.model = model
+        try:
+            answer = await call.run_async()
+        except Exception as error:
+            return self._record(call, error=error)["proposals"][0]
+        return self._record(call, answer)["proposals"][0]
+
+
+@dataclass
+class _NodeLayer:
+    """The last proposer layer, run by the aggregation strategy inside the ``aggregate`` node.
+
+    It is the strategy's ``job.layer`` (``aggregation.ProposerLayer``).
+    """
+
+    number: int
+    proposers: list[_Proposer]
+    settings: EngineSettings
+    state: MoAState
+    config: RunnableConfig
+    job: AggregationJob
+    layer_run: str | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        """The proposers' names, in order."""
+        return [p.label for p in self.proposers]
+
+    def open(self) -> None:
+        """Start the layer: ``layer_started`` and its deadline watch."""
+        update = _open_layer(self.number, self.labels, self.settings, self.state)
+        self.layer_run = update.get("layer_run")
+        self.state = {**self.state, **update}  # type: ignore[typeddict-item]
+
+    async def run(
+        self, index: int, on_chunk: Callable[[AIMessageChunk], None] | None = None
+    ) -> Proposal:
+        """Run proposer ``index`` (streamed to ``on_chunk`` if given); return its record."""
+        proposer = self.proposers[index]
+        copy = None
+        if self.job.on_background:
+            copy = proposer.background.for_model(proposer.model)
+        return await proposer.astreamed(self.state, self.config, on_chunk, copy)  # type: ignore[arg-type]
+
+    def close(self, proposals: Sequence[Proposal]) -> None:
+        """End the layer: ``layer_finished`` and the quorum."""
+        _close_layer(self.number, self.settings, self.layer_run, proposals)
+
 
 @dataclass
 class _Aggregator:
-    """The aggregator node: synthesizes the last layer's answers into one.
+    """The aggregate node: the ensemble's aggregation strategy writes the answer.
 
-    On failure (after retries and timeouts) the fallback aggregator, if any,
-    answers instead; a streamed answer is retried or handed over only before
-    its first token reached the caller.
+    The strategy (``langchain_moa.aggregation``) decides which references the
+    aggregator reads and how the answer is written; its job makes the calls,
+    with the fallback aggregator answering for one that fails (a streamed call
+    is retried or handed over only before its first token reached the caller).
+    This node records the result: the aggregator's record and the ensemble's
+    answer. With ``layer_models``, the strategy also runs the last proposer
+    layer (the graph leaves that layer out).
     """
 
     last_layer: int
     model: Runnable
     settings: EngineSettings
     background: BackgroundModels
+    layer_models: Sequence[Runnable] = ()
 
-    def _builder(self, options: RunOptions) -> Any:
-        def build(model: Runnable) -> Runnable:
-            if options.structured is not None:
-                return constrained_aggregator(model, options.structured)
-            if options.tools:
-                model = bind_tools(
-                    model,
-                    list(options.tools),
-                    tool_choice=options.tool_choice,
-                    **options.tool_kwargs,
-                )
-            kwargs = {
-                **self.settings.call_kwargs,
-                **self.settings.aggregator_call_kwargs,
-                **options.aggregator_kwargs,
-            }
-            return model.bind(**kwargs) if kwargs else model
+    def __post_init__(self) -> None:
+        self._proposers = [
+            _Proposer(self.last_layer, i, m, model_label(m), self.settings, self.background)
+            for i, m in enumerate(self.layer_models)
+        ]
 
-        return build
-
-    def _streams(self, options: RunOptions) -> bool:
-        """Whether the answer is streamed token by token (not for one-piece answers)."""
-        one_piece = options.structured is not None or self.settings.ranker_prompt is not None
-        return options.stream_answer and not one_piece
-
-    def _candidates(self) -> list[Runnable]:
-        fallback = self.settings.fallback_aggregator
-        return [self.model] if fallback is None else [self.model, fallback]
-
-    def _call(
-        self, state: MoAState, config: RunnableConfig, model: Runnable, options: RunOptions
-    ) -> InnerCall:
-        label = model_label(model)
-        prompt = self.settings.ranker_prompt or self.settings.prompt
-        messages = self.settings.messages(state, self.last_layer, prompt)
-        _write(AggregationStarted(label, len(self.settings.references(state, self.last_layer))))
-        metadata = {"moa_layer": self.last_layer + 1, "moa_model": label}
-        inner = _inner_config(config, f"aggregator · {label}", metadata, options.aggregator_tags)
-        streams = self._streams(options)
-        limits = CallLimits(
-            retry=self.settings.retry,
-            timeout=self.settings.aggregator_timeout,
-            first_token_timeout=self.settings.aggregator_first_token_timeout if streams else None,
-            timeout_error=AggregatorTimeoutError,
-            limit=self.settings.limit,
-            cancelled=options.cancelled,
+    def _job(self, state: MoAState, config: RunnableConfig) -> AggregationJob:
+        job = AggregationJob(
+            state=state,
+            config=config,
+            options=_options(),
+            settings=self.settings,
+            last_layer=self.last_layer,
+            aggregator=self.model,
+            background=self.background,
         )
-        writer = get_stream_writer() if streams else None
-        return InnerCall(self._builder(options), model, messages, inner, limits, writer)
+        if self._proposers:
+            layer = _NodeLayer(self.last_layer, self._proposers, self.settings, state, config, job)
+            job.layer = layer
+        return job
 
-    def _outcome(
-        self,
-        state: MoAState,
-        call: InnerCall,
-        answer: BaseMessage,
-        options: RunOptions,
-        failures: list[tuple[str, Exception]],
-    ) -> dict:
-        if self.settings.ranker_prompt is not None:
-            answer = _ranked_choice(state, self.last_layer, answer)
-        if options.stream_answer and not self._streams(options):
+    def _outcome(self, job: AggregationJob, done: Aggregated) -> dict:
+        answer = done.answer
+        if job.options.stream_answer and not done.streamed:
             get_stream_writer()(AnswerToken(AIMessageChunk(content=answer.content)))
-        notes = [f"{label}: {describe_error(error)}" for label, error in failures]
+        notes = [f"{label}: {describe_error(error)}" for label, error in job.failures]
         record = Proposal(
             layer=self.last_layer + 1,
             index=0,
-            model=model_label(call.model),
+            model=model_label(done.model),
             text=answer.text,
             usage=answer.usage_metadata if isinstance(answer, AIMessage) else None,
-            latency_s=_elapsed(call.started),
-            attempts=max(call.limits.attempts, 1),
+            latency_s=_elapsed(done.started),
+            attempts=done.attempts,
             fallback_from="; ".join(notes) or None,
         )
-        final = ensemble_answer(answer, state.get("proposals", []), record, self.settings)
-        return {"messages": [final], "aggregation": record}
+        proposals = job.state.get("proposals", [])
+        final = ensemble_answer(answer, proposals, record, self.settings)
+        update: dict[str, Any] = {"messages": [final], "aggregation": record}
+        if job.new_proposals:
+            update["proposals"] = job.new_proposals
+        return update
 
     def invoke(self, state: MoAState, config: RunnableConfig) -> dict:
-        options, failures = _options(), []
-        for model in self._candidates():
-            call = self._call(state, config, model, options)
-            try:
-                answer = call.run_sync(self.background.for_model(model))
-            except Exception as error:
-                failures.append((model_label(model), error))
-                if isinstance(error, (StreamBrokenError, RunCancelledError)):
-                    break  # no fallback: output went out, or the caller is gone
-                continue
-            return self._outcome(state, call, answer, options, failures)
-        # Raised outside the except blocks: no unmasked error as its context.
-        raise _give_up(state, failures)
+        job = self._job(state, config)
+        return self._outcome(job, self.settings.strategy.aggregate(job))
 
     async def ainvoke(self, state: MoAState, config: RunnableConfig) -> dict:
-        options, failures = _options(), []
-        for model in self._candidates():
-            call = self._call(state, config, model, options)
-            try:
-                answer = await call.run_async()
-            except Exception as error:
-                failures.append((model_label(model), error))
-                if isinstance(error, StreamBrokenError):
-                    break  # no fallback: part of the answer went out
-                continue
-            return self._outcome(state, call, answer, options, failures)
-        raise _give_up(state, failures)
+        job = self._job(state, config)
+        return self._outcome(job, await self.settings.strategy.aaggregate(job))
 
 
 def ensemble_answer(
@@ -412,7 +415,10 @@ def ensemble_answer(
         "failed_proposers": len(failed),
         "degraded": bool(failed) or aggregation.fallback_from is not None,
     }
-    for key in ("finish_reason", "model_provider", "ranker"):
+    keys = ["finish_reason", "model_provider"]
+    if settings.strategy.record_key is not None:
+        keys.append(settings.strategy.record_key)
+    for key in keys:
         if key in answer.response_metadata:
             metadata[key] = answer.response_metadata[key]
     extra: dict[str, Any] = {}
@@ -443,39 +449,6 @@ def total_usage(records: Sequence[Proposal]) -> UsageMetadata | None:
     return total
 
 
-def _give_up(state: MoAState, failures: list[tuple[str, Exception]]) -> AggregatorFailedError:
-    """The error for an aggregation that no aggregator could complete."""
-    label, error = failures[-1]
-    partial = error.partial_text if isinstance(error, StreamBrokenError) else None
-    cause = error.error if isinstance(error, StreamBrokenError) else error
-    failed = AggregatorFailedError(
-        label, cause, state.get("proposals", []), partial_text=partial, failures=failures
-    )
-    # The provider's error may echo the API key: only a masked copy is chained.
-    failed.__cause__ = mask_exception(cause)
-    return failed
-
-
-def _ranked_choice(state: MoAState, layer: int, ranking: BaseMessage) -> AIMessage:
-    """The proposal the ranker chose, as the answer (with the ranker's usage).
-
-    The first number in the ranker's reply that names a proposal wins; if none
-    does, the first proposal is taken and ``ranker_parsed`` is false.
-    """
-    texts = [p.text for p in state.get("proposals", []) if p.layer == layer and p.ok]
-    numbers = [int(n) for n in re.findall(r"\d+", ranking.text)]
-    choice = next((n for n in numbers if 1 <= n <= len(texts)), None)
-    return AIMessage(
-        content=texts[(choice or 1) - 1],
-        id=ranking.id,
-        usage_metadata=ranking.usage_metadata if isinstance(ranking, AIMessage) else None,
-        response_metadata={
-            **ranking.response_metadata,
-            "ranker": {"choice": choice or 1, "parsed": choice is not None, "output": ranking.text},
-        },
-    )
-
-
 def _proposal_text(message: AIMessage) -> str:
     """A proposal's text; tool calls a proposer made anyway are written out."""
     calls = [
@@ -493,6 +466,34 @@ def _node(func: Any, afunc: Any, name: str) -> Runnable:
     return RunnableCallable(func, afunc, name=name, trace=False)
 
 
+def _open_layer(
+    layer: int, labels: list[str], settings: EngineSettings, state: MoAState
+) -> dict[str, Any]:
+    """Start a layer: its deadline watch (the update naming it) and ``layer_started``."""
+    update: dict[str, Any] = {}
+    if settings.layer_deadline is not None:
+        update["layer_run"] = uuid.uuid4().hex
+        LAYER_WATCHES.open(update["layer_run"], settings.layer_deadline, settings.min_proposers)
+    references = len(settings.references(state, layer - 1))
+    _write(LayerStarted(layer, labels, references))
+    return update
+
+
+def _close_layer(
+    layer: int, settings: EngineSettings, layer_run: str | None, mine: Sequence[Proposal]
+) -> None:
+    """End a layer: ``layer_finished``, then the quorum.
+
+    Raises:
+        ProposersFailedError: Fewer than ``min_proposers`` answered.
+    """
+    LAYER_WATCHES.close(layer_run)
+    succeeded = sum(p.ok for p in mine)
+    _write(LayerFinished(layer, succeeded, len(mine) - succeeded))
+    if succeeded < settings.min_proposers:
+        raise ProposersFailedError(layer, settings.min_proposers, list(mine))
+
+
 def _build_layer(
     layer: int,
     proposers: Sequence[Runnable],
@@ -502,21 +503,11 @@ def _build_layer(
     labels = [model_label(model) for model in proposers]
 
     def start(state: _LayerState) -> dict:
-        update: dict[str, Any] = {}
-        if settings.layer_deadline is not None:
-            update["layer_run"] = uuid.uuid4().hex
-            LAYER_WATCHES.open(update["layer_run"], settings.layer_deadline, settings.min_proposers)
-        references = len(settings.references(state, layer - 1))
-        _write(LayerStarted(layer, labels, references))
-        return update
+        return _open_layer(layer, labels, settings, state)
 
     def finish(state: _LayerState) -> dict:
-        LAYER_WATCHES.close(state.get("layer_run"))
         mine = [p for p in state.get("proposals", []) if p.layer == layer]
-        succeeded = sum(p.ok for p in mine)
-        _write(LayerFinished(layer, succeeded, len(mine) - succeeded))
-        if succeeded < settings.min_proposers:
-            raise ProposersFailedError(layer, settings.min_proposers, mine)
+        _close_layer(layer, settings, state.get("layer_run"), mine)
         return {}
 
     builder = StateGraph(_LayerState, context_schema=RunOptions, output_schema=_LayerOutput)
@@ -570,14 +561,18 @@ def build_moa_graph(
         fallback = with_settings(settings.fallback_aggregator, stream_usage=True)
         settings = replace(settings, fallback_aggregator=fallback)
     builder = StateGraph(MoAState, context_schema=RunOptions, input_schema=MoAInput)
+    in_graph, in_node = list(proposer_layers), []
+    if settings.strategy.runs_last_layer:
+        # The strategy runs the last layer itself, streamed: its usage must be reported.
+        in_node = [with_settings(m, stream_usage=True) for m in _sampled(in_graph.pop())]
     previous = START
-    for layer, models in enumerate(proposer_layers, 1):
+    for layer, models in enumerate(in_graph, 1):
         name = f"layer_{layer}"
         subgraph = _build_layer(layer, _sampled(models), settings, background)
         builder.add_node(name, subgraph)
         builder.add_edge(previous, name)
         previous = name
-    node = _Aggregator(len(proposer_layers), aggregator, settings, background)
+    node = _Aggregator(len(proposer_layers), aggregator, settings, background, in_node)
     builder.add_node("aggregate", _node(node.invoke, node.ainvoke, "aggregate"))
     builder.add_edge(previous, "aggregate")
     builder.add_edge("aggregate", END)
