@@ -13,7 +13,16 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import critical_path, memory, overhead, serve, tail, throughput, ttft
+from benchmarks import (
+    critical_path,
+    memory,
+    overhead,
+    serve,
+    strategies,
+    tail,
+    throughput,
+    ttft,
+)
 from benchmarks.common import Section, Simulator
 from benchmarks.machine import machine_info
 from benchmarks.report import print_table, write_json
@@ -31,6 +40,7 @@ BENCHMARKS: dict[str, Callable[[Simulator, Sizes], Section]] = {
     "throughput": throughput.run,
     "memory": memory.run,
     "serve": serve.run,
+    "strategies": strategies.run,
 }
 """Every benchmark, by its key in the JSON results, in the order they run."""
 
@@ -41,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Benchmark MoAChatModel against the local OpenAI simulator on loopback: "
             "critical-path efficiency, framework overhead, time to first token, tail "
-            "latency with a straggler, throughput, memory and serving over HTTP. Prints a "
+            "latency with a straggler, throughput, memory, serving over HTTP and aggregation "
+            "strategies. Prints a "
             "table of medians next to baselines measured in the same run, and writes them "
             "as JSON."
         ),

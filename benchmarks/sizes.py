@@ -42,6 +42,10 @@ class Sizes:
         serve_workers: ``moa serve --workers`` values measured (serve).
         serve_repeats: Timed batches of each kind per worker count (serve).
         serve_sequential: Requests sent one at a time, for latency without load (serve).
+        strategies_answer_tokens: Tokens of every proposer's answer (strategies).
+        strategies_latency: Every model's first-token latency (strategies).
+        strategies_token_delay: Every model's delay between streamed tokens (strategies).
+        strategies_repeats: Timed requests per strategy, MoA-Lite; MoA gets one (strategies).
     """
 
     repeats: int = 5
@@ -75,6 +79,10 @@ class Sizes:
     serve_workers: tuple[int, ...] = (1, 2)
     serve_repeats: int = 3
     serve_sequential: int = 10
+    strategies_answer_tokens: int = 400
+    strategies_latency: float = 0.3
+    strategies_token_delay: float = 0.02
+    strategies_repeats: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         """The knobs as JSON-ready values."""
@@ -112,5 +120,9 @@ QUICK = replace(
     serve_workers=(1,),
     serve_repeats=1,
     serve_sequential=2,
+    strategies_answer_tokens=40,
+    strategies_latency=0.03,
+    strategies_token_delay=0.002,
+    strategies_repeats=1,
 )
 """A tiny run that only checks that every benchmark works (smoke test)."""

@@ -180,7 +180,10 @@ class ProposerLayer(Protocol):
     """
 
     number: int
-    labels: list[str]
+
+    @property
+    def labels(self) -> list[str]:
+        """The proposers' names, in order."""
 
     def open(self) -> None:
         """Start the layer: the ``layer_started`` event and its deadline watch."""
@@ -343,7 +346,9 @@ class AggregationJob:
             return self._answered(request, call, answer, position, failures)
         raise self._give_up(request, failures)
 
-    def in_background(self, aggregate: Callable[[AggregationJob], Awaitable[Aggregated]]) -> Any:
+    def in_background(
+        self, aggregate: Callable[[AggregationJob], Awaitable[Aggregated]]
+    ) -> Aggregated:
         """Run an async strategy for a sync caller, on the shared background loop.
 
         Inner calls there use the models' background copies; the whole run is

@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("critical_path", "overhead", "ttft", "tail_latency", "throughput", "memory", "serve")
+SECTIONS = (
+    "critical_path",
+    "overhead",
+    "ttft",
+    "tail_latency",
+    "throughput",
+    "memory",
+    "serve",
+    "strategies",
+)
 
 
 def is_number(value: object) -> bool:
