@@ -19,7 +19,17 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import cost, critical_path, memory, overhead, serve, tail, throughput, ttft
+from benchmarks import (
+    cost,
+    critical_path,
+    memory,
+    overhead,
+    serve,
+    strategies,
+    tail,
+    throughput,
+    ttft,
+)
 from benchmarks.common import Section, Simulator
 from benchmarks.machine import machine_info
 from benchmarks.report import print_table, write_json
@@ -38,6 +48,7 @@ BENCHMARKS: dict[str, Callable[[Simulator, Sizes], Section]] = {
     "memory": memory.run,
     "serve": serve.run,
     "cost": cost.run,
+    "strategies": strategies.run,
 }
 """Every benchmark, by its key in the JSON results, in the order they run."""
 
@@ -48,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Benchmark MoAChatModel against the local OpenAI simulator on loopback: "
             "critical-path efficiency, framework overhead, time to first token, tail "
-            "latency with a straggler, throughput, memory, serving over HTTP and cost per "
-            "answer. Prints a "
+            "latency with a straggler, throughput, memory, serving over HTTP, cost per "
+            "answer and aggregation strategies. Prints a "
             "table of medians next to baselines measured in the same run, and writes them "
             "as JSON."
         ),

@@ -18,7 +18,7 @@ _FORMATS = {
     "s": "{:.3f} s",
     "q/s": "{:.1f} q/s",
     "MiB": "{:.3f} MiB",
-    "tokens": "{:.0f} tokens",
+    "tokens": "{:,.0f} tokens",
     "$": "${:.5f}",
 }
 

@@ -44,6 +44,10 @@ class Sizes:
         serve_sequential: Requests sent one at a time, for latency without load (serve).
         cost_prompt_tokens: Tokens of the question (cost).
         cost_answer_tokens: Tokens of every simulated answer (cost).
+        strategies_answer_tokens: Tokens of every proposer's answer (strategies).
+        strategies_latency: Every model's first-token latency (strategies).
+        strategies_token_delay: Every model's delay between streamed tokens (strategies).
+        strategies_repeats: Timed requests per strategy, MoA-Lite; MoA gets one (strategies).
     """
 
     repeats: int = 5
@@ -79,6 +83,10 @@ class Sizes:
     serve_sequential: int = 10
     cost_prompt_tokens: int = 300
     cost_answer_tokens: int = 400
+    strategies_answer_tokens: int = 400
+    strategies_latency: float = 0.3
+    strategies_token_delay: float = 0.02
+    strategies_repeats: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         """The knobs as JSON-ready values."""
@@ -118,5 +126,9 @@ QUICK = replace(
     serve_sequential=2,
     cost_prompt_tokens=30,
     cost_answer_tokens=40,
+    strategies_answer_tokens=40,
+    strategies_latency=0.03,
+    strategies_token_delay=0.002,
+    strategies_repeats=1,
 )
 """A tiny run that only checks that every benchmark works (smoke test)."""

@@ -2,6 +2,7 @@
 
 from importlib import metadata
 
+from langchain_moa.aggregation import AggregationStrategy
 from langchain_moa.agreement import Agreement
 from langchain_moa.budget import BudgetExceededError
 from langchain_moa.chat_model import MoAChatModel
@@ -9,9 +10,7 @@ from langchain_moa.errors import AggregatorFailedError, MoAError, ProposersFaile
 from langchain_moa.prompts import DEFAULT_AGGREGATOR_PROMPT, ReferenceFormat
 from langchain_moa.runs import PROGRESS_EVENT
 from langchain_moa.state import Proposal
-
-# Importable from here too; ``__all__`` stays the stable core API.
-_COST_CONTROLS = (Agreement, BudgetExceededError)
+from langchain_moa.strategies import Rank, Sequential, Staircase, Synthesize
 
 try:
     __version__ = metadata.version("langchain-moa")
@@ -21,11 +20,18 @@ except metadata.PackageNotFoundError:  # pragma: no cover - source checkout
 __all__ = [
     "DEFAULT_AGGREGATOR_PROMPT",
     "PROGRESS_EVENT",
+    "AggregationStrategy",
     "AggregatorFailedError",
+    "Agreement",
+    "BudgetExceededError",
     "MoAChatModel",
     "MoAError",
     "Proposal",
     "ProposersFailedError",
+    "Rank",
     "ReferenceFormat",
+    "Sequential",
+    "Staircase",
+    "Synthesize",
     "__version__",
 ]

@@ -20,6 +20,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult
 from langchain_core.runnables import Runnable
 
+from langchain_moa.aggregation import AggregationStrategy
 from langchain_moa.inner_models import model_identity
 
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ def setting_identity(value: Any) -> Any:
     """A setting as it enters the cache key: models by identity, long text hashed."""
     if isinstance(value, Runnable):
         return model_identity(value)
+    if isinstance(value, AggregationStrategy):
+        return value.identity
     if isinstance(value, (list, tuple)):
         return [setting_identity(v) for v in value]
     if isinstance(value, str) and len(value) > 64:

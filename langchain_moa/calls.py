@@ -21,10 +21,35 @@ from typing import Any
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.utils import message_chunk_to_message
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import merge_configs
 
 from langchain_moa.events import AnswerToken
 from langchain_moa.inner_models import background_copy
 from langchain_moa.resilience import CallLimits, call_async, call_in_thread, call_sync
+
+# LangGraph's own entries of a node's ``configurable``; not settings of the
+# inner models (a configurable ``init_chat_model(configurable_fields="any")``
+# would take them as model parameters and send them to the provider).
+_LANGGRAPH_KEYS = frozenset({"checkpoint_id", "checkpoint_map", "checkpoint_ns", "thread_id"})
+
+
+def inner_config(
+    config: RunnableConfig, run_name: str, metadata: dict[str, Any], tags: tuple[str, ...]
+) -> RunnableConfig:
+    """The config of an inner model run: its name, metadata and tags under ``config``.
+
+    LangGraph's own keys (``__pregel_*``, checkpoint and thread ids) are left
+    out of ``configurable``.
+    """
+    inner = merge_configs(
+        config, {"run_name": run_name, "metadata": metadata, "tags": ["moa:inner", *tags]}
+    )
+    inner["configurable"] = {
+        key: value
+        for key, value in inner.get("configurable", {}).items()
+        if not key.startswith("__pregel_") and key not in _LANGGRAPH_KEYS
+    }
+    return inner
 
 
 class EmptyAnswerError(ValueError):

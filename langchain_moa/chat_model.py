@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -21,9 +21,10 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph.state import CompiledStateGraph
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from langchain_moa._compat import convert_cached_generations, openai_root_async_client
+from langchain_moa.aggregation import AggregationStrategy
 from langchain_moa.agreement import Agreement
 from langchain_moa.caching import (
     NOT_IN_CACHE_KEY,
@@ -51,6 +52,7 @@ from langchain_moa.resilience import ConcurrencyLimit, RetryPolicy
 from langchain_moa.runs import GraphRun
 from langchain_moa.selection import SelectionStrategy
 from langchain_moa.state import MoAState
+from langchain_moa.strategies import Rank, resolve_aggregation
 from langchain_moa.structured_output import StructuredMethod, structured_runnable
 from langchain_moa.validation import MAX_LAYERS, check_controls, check_line_up
 
@@ -171,10 +173,14 @@ class MoAChatModel(BaseChatModel):
     aggregator_prompt: str = DEFAULT_AGGREGATOR_PROMPT
     """System prompt that introduces the references; the paper's by default."""
 
-    aggregation: Literal["synthesize", "rank"] = "synthesize"
-    """``"synthesize"``: the aggregator writes a new answer (MoA). ``"rank"``: it
-    only picks the best proposal, which becomes the answer word for word (the
-    paper's LLM-ranker baseline, Figure 4)."""
+    aggregation: str | AggregationStrategy = "synthesize"
+    """How the aggregator writes the answer (see ``langchain_moa.aggregation``):
+    ``"synthesize"`` (MoA: it writes a new answer from every proposal),
+    ``"rank"`` (it only picks the best proposal, which becomes the answer word
+    for word: the paper's LLM-ranker baseline, Figure 4), ``"staircase"`` (it
+    starts on the proposals' first chunks, see ``Staircase``), ``"sequential"``
+    (it reads a window of proposals at a time, see ``Sequential``), or a
+    configured instance such as ``Staircase(chunk_tokens=48)``."""
 
     reference_format: ReferenceFormat = "paper"
     """How references are laid out for the aggregator: ``"paper"`` (numbered, the
@@ -305,6 +311,12 @@ class MoAChatModel(BaseChatModel):
             check_prices(values.get("prices"))
         return values
 
+    @field_validator("aggregation")
+    @classmethod
+    def _check_aggregation(cls, value: Any) -> Any:
+        resolve_aggregation(value)  # an unknown name fails here, naming the known ones
+        return value
+
     @model_validator(mode="after")
     def _check_layers(self) -> MoAChatModel:
         per_layer = isinstance(self.proposers[0], list)
@@ -329,6 +341,15 @@ class MoAChatModel(BaseChatModel):
             msg = f"layers must be at most {MAX_LAYERS}, got {self.layers}"
             raise ValueError(msg)
         check_controls(self)
+        strategy = resolve_aggregation(self.aggregation)
+        if strategy.runs_last_layer and (
+            self.select_references is not None or self.early_stop is not None
+        ):
+            msg = (
+                f"{strategy.name} cannot be combined with select_references/early_stop yet: "
+                "it runs the last proposer layer inside the aggregation"
+            )
+            raise ValueError(msg)
         narrowest = min(len(layer) for layer in self.proposer_layers)
         if self.min_proposers > narrowest:
             msg = (
@@ -418,6 +439,7 @@ class MoAChatModel(BaseChatModel):
             for key, value in (("temperature", self.temperature), ("max_tokens", self.max_tokens))
             if value is not None
         }
+        strategy = resolve_aggregation(self.aggregation)
         return EngineSettings(
             **{target: getattr(self, name) for name, target in ENGINE_FIELDS.items()},
             call_kwargs=call_kwargs,
@@ -426,7 +448,8 @@ class MoAChatModel(BaseChatModel):
             aggregator_call_kwargs={"stop": self.stop} if self.stop else {},
             retry=RetryPolicy(self.max_retries, self.retry_base_delay, self.retry_max_delay),
             limit=ConcurrencyLimit(self.max_concurrency) if self.max_concurrency else None,
-            ranker_prompt=self.ranker_prompt if self.aggregation == "rank" else None,
+            ranker_prompt=self.ranker_prompt if isinstance(strategy, Rank) else None,
+            aggregation=strategy,
         )
 
     @cached_property

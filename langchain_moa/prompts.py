@@ -47,6 +47,32 @@ DEFAULT_RANKER_PROMPT = (
 )
 """Prompt of the LLM-ranker baseline (paper, Figure 4): pick one, do not synthesize."""
 
+DEFAULT_SEQUENTIAL_PROMPT = (
+    "You have been provided with the current synthesis of responses to the latest "
+    "user query (response 1) and further responses from various models (the "
+    "others). Your task is to improve the current synthesis into a single, "
+    "high-quality response. Keep what is best in the current synthesis, and add or "
+    "correct from the further responses whatever makes it more accurate and "
+    "complete. Critically evaluate every response, recognizing that some of it may "
+    "be biased or incorrect. Ensure your response is well-structured, coherent, and "
+    "adheres to the highest standards of accuracy and reliability.\n\n"
+    "Responses from models:"
+)
+"""Prompt of sequential aggregation (Self-MoA-Seq): refine the current synthesis
+(reference 1) with the next proposals (the other references)."""
+
+UNFINISHED_MARKER = "[... still being written]"
+"""Appended to a reference whose proposer is still writing it (staircase)."""
+
+CONTINUATION_PROMPT = (
+    "You have already written the beginning of your response to the latest user "
+    "query; it is quoted below between <response-so-far> and </response-so-far>. "
+    "Continue it from exactly where it stops, seamlessly, as if you had never "
+    "stopped: do not repeat any of it, do not start over and do not comment on it. "
+    "The responses above may have grown since you wrote it; use what they add."
+)
+"""Instruction of a staircase stair after the first: continue the answer so far."""
+
 
 class TruncatedReference(str):
     """A reference cut by :func:`fit_references`.
@@ -219,3 +245,44 @@ def fit_references(references: Sequence[str], budget: int | None) -> list[str]:
         TruncatedReference(text[:cap], len(text) - cap) if i in cut else text
         for i, text in enumerate(references)
     ]
+
+
+def continuation_block(answer_so_far: str) -> str:
+    """The continuation instruction followed by the quoted answer so far.
+
+    Args:
+        answer_so_far: What the aggregator has written (and the caller has seen).
+
+    Returns:
+        The text to append to the system message of the next stair.
+    """
+    return f"{CONTINUATION_PROMPT}\n<response-so-far>\n{answer_so_far}\n</response-so-far>"
+
+
+def mark_unfinished(reference: str) -> str:
+    """A reference whose proposer is still writing it, visibly marked as such."""
+    return f"{reference}\n{UNFINISHED_MARKER}"
+
+
+def append_to_system(messages: Sequence[BaseMessage], text: str) -> list[BaseMessage]:
+    """Return a copy of ``messages`` with ``text`` at the end of the leading system message.
+
+    It follows a blank line; without a leading system message ``text`` becomes
+    one. The input list and its messages are never modified.
+
+    Args:
+        messages: The conversation (references already injected, if any).
+        text: What to add.
+
+    Returns:
+        The new conversation.
+    """
+    if messages and isinstance(messages[0], SystemMessage):
+        first = messages[0]
+        content = first.content
+        if isinstance(content, str):
+            new_content: str | list = content + "\n\n" + text
+        else:
+            new_content = [*content, {"type": "text", "text": "\n\n" + text}]
+        return [first.model_copy(update={"content": new_content}), *messages[1:]]
+    return [SystemMessage(content=text), *messages]

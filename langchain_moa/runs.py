@@ -31,6 +31,7 @@ from langchain_moa.events import AnswerToken
 from langchain_moa.graph import RunOptions
 from langchain_moa.report import annotate
 from langchain_moa.state import MoAState
+from langchain_moa.strategies import resolve_aggregation
 from langchain_moa.validation import check_call_kwargs, check_conversation
 
 if TYPE_CHECKING:
@@ -292,7 +293,8 @@ def run_options(
 
     Raises:
         TypeError: A per-call argument is unknown or of the wrong type.
-        ValueError: Tools or a schema with ``aggregation="rank"``.
+        ValueError: Tools or a schema with a strategy that cannot follow them
+            (``aggregation="rank"``, ``"sequential"``, ...: its ``check_call``).
     """
     check_call_kwargs(kwargs, stop)
     aggregator_kwargs = {k: v for k, v in kwargs.items() if k != "stream"}
@@ -307,9 +309,8 @@ def run_options(
     }
     if stop := stop or model.stop:
         aggregator_kwargs["stop"] = stop
-    if model.aggregation == "rank" and (tools or structured):
-        msg = 'aggregation="rank" picks a proposal as is: it cannot call tools or follow a schema'
-        raise ValueError(msg)
+    strategy = resolve_aggregation(model.aggregation)
+    strategy.check_call(tools=bool(tools), structured=structured is not None)
     hidden = ("nostream",) if model.inner_callbacks == "tracers" else ()
     return RunOptions(
         aggregator_kwargs=aggregator_kwargs,

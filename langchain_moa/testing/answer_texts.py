@@ -15,6 +15,11 @@ list content are concatenated; ``""`` when there is no user message):
   references, in order, joined by ``", "``. Since every simulated answer starts
   with the answering model's name, the first word of a reference names the
   proposer that wrote it.
+* for an aggregation strategy's request (an unfinished reference, a request
+  to continue an answer, or the sequential prompt): ``"{model} read {n}
+  references [{w1} ({l1} words), {w2} ({l2} words, unfinished), ...] continuing
+  an answer of {N} words and answers: {question}"``, so that tests can see what
+  each step read (see :func:`strategy_answer`).
 * when the last message is a ``tool`` message: ``"{model} used {tool_name} ->
   {tool_result_text} and answers: {question}"`` (this takes precedence over
   references). ``tool_name`` is looked up from the assistant tool call whose id
@@ -44,6 +49,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from langchain_moa.prompts import CONTINUATION_PROMPT, DEFAULT_SEQUENTIAL_PROMPT, UNFINISHED_MARKER
 from langchain_moa.wire import SYSTEM_ROLES, content_text
 
 __all__ = [
@@ -56,6 +62,7 @@ __all__ = [
     "prompt_tokens",
     "simulated_answer",
     "split_tokens",
+    "strategy_answer",
 ]
 
 REFERENCES_MARKER = "Responses from models:"
@@ -260,8 +267,67 @@ def simulated_answer(model: str, request_body: Mapping[str, Any]) -> str:
         tool_name = _tool_name_for(messages, len(messages) - 1)
         result = content_text(messages[-1].get("content"))
         return f"{model} used {tool_name} -> {result} and answers: {question}"
+    strategy_note = strategy_answer(model, messages)
+    if strategy_note is not None:
+        return strategy_note
     references = find_references(messages)
     if references:
         words = ", ".join(_first_word(reference) for reference in references)
         return f"{model} read {len(references)} references [{words}] and answers: {question}"
     return f"{model} answers: {question}"
+
+
+# ---------------------------------------------------------------------------
+# Aggregation strategies (staircase, sequential): what the aggregator was shown
+# ---------------------------------------------------------------------------
+
+
+def strategy_answer(model: str, messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """The answer to a request of an aggregation strategy, showing what it was shown.
+
+    A request is a strategy's when a system message with references also has
+    a reference marked :data:`~langchain_moa.prompts.UNFINISHED_MARKER`, a
+    continuation block (:func:`~langchain_moa.prompts.continuation_block`) or
+    the sequential prompt. The answer is ``"{model} read {n} references [{w1}
+    ({l1} words), {w2} ({l2} words, unfinished), ...] and answers: {question}"``
+    (``w`` a reference's first word, ``l`` its length in words without the
+    marker), with ``" continuing an answer of {N} words"`` before ``" and
+    answers"`` when it was asked to continue an answer of ``N`` words.
+
+    Args:
+        model: The model name to put in the answer.
+        messages: The request's messages.
+
+    Returns:
+        The answer, or ``None`` for any other request.
+    """
+    for message in messages:
+        if message.get("role") not in SYSTEM_ROLES:
+            continue
+        system, answered = _split_continuation(content_text(message.get("content")))
+        references = parse_references(system)
+        unfinished = [r.endswith("\n" + UNFINISHED_MARKER) for r in references]
+        sequential = DEFAULT_SEQUENTIAL_PROMPT in system
+        if references and (answered is not None or any(unfinished) or sequential):
+            shown = ", ".join(_reference_note(r) for r in references)
+            continuing = "" if answered is None else f" continuing an answer of {answered} words"
+            question = last_user_text(messages)
+            read = f"{model} read {len(references)} references [{shown}]{continuing}"
+            return f"{read} and answers: {question}"
+    return None
+
+
+def _split_continuation(system: str) -> tuple[str, int | None]:
+    """The system text without its continuation block, and the words of the answer so far."""
+    if CONTINUATION_PROMPT not in system:
+        return system, None
+    system, block = system.split(CONTINUATION_PROMPT, 1)
+    answered = block.split("<response-so-far>\n", 1)[-1].rsplit("\n</response-so-far>", 1)[0]
+    return system.removesuffix("\n\n"), len(answered.split())
+
+
+def _reference_note(reference: str) -> str:
+    """``"{first word} ({n} words)"``, with ``", unfinished"`` for a marked reference."""
+    text = reference.removesuffix("\n" + UNFINISHED_MARKER)
+    state = ", unfinished" if text != reference else ""
+    return f"{_first_word(text)} ({len(text.split())} words{state})"

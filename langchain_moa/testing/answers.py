@@ -11,7 +11,8 @@ Text answers, references and tokens
 -----------------------------------
 A text answer is ``"{model} answers: {question}"``, ``"{model} read {n}
 references [{w1}, {w2}, ...] and answers: {question}"`` after a reference
-block, or ``"{model} used {tool_name} -> {tool_result_text} and answers:
+block (an aggregation strategy's request shows each reference's length too,
+see :func:`strategy_answer`), or ``"{model} used {tool_name} -> {tool_result_text} and answers:
 {question}"`` after a tool result; :mod:`langchain_moa.testing.answer_texts`
 gives the details, the reference block's format and what a token is. Streams
 send one token per chunk; ``max_tokens`` / ``max_completion_tokens`` cut the
@@ -51,6 +52,7 @@ from langchain_moa.testing.answer_texts import (
     prompt_tokens,
     simulated_answer,
     split_tokens,
+    strategy_answer,
 )
 from langchain_moa.testing.schema_values import generate_from_schema, quoted_strings
 from langchain_moa.wire import (
@@ -91,6 +93,7 @@ __all__ = [
     "simulate",
     "simulated_answer",
     "split_tokens",
+    "strategy_answer",
     "stream_chunks",
     "validate_request",
 ]

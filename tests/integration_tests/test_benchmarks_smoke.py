@@ -25,6 +25,7 @@ SECTIONS = (
     "memory",
     "serve",
     "cost",
+    "strategies",
 )
 CHARTS = ("critical_path.png", "ttft.png", "tail_latency.png")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -8,12 +8,19 @@ def test_all_lists_the_public_api_and_every_name_exists() -> None:
         [
             "DEFAULT_AGGREGATOR_PROMPT",
             "PROGRESS_EVENT",
+            "AggregationStrategy",
+            "Agreement",
             "AggregatorFailedError",
+            "BudgetExceededError",
             "MoAChatModel",
             "MoAError",
             "Proposal",
             "ProposersFailedError",
+            "Rank",
             "ReferenceFormat",
+            "Sequential",
+            "Staircase",
+            "Synthesize",
             "__version__",
         ]
     )
