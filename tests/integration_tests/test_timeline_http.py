@@ -146,7 +146,9 @@ def test_a_cut_straggler_ends_at_the_layer_deadline(openai_simulator: OpenAISimu
     metadata = answer.response_metadata
     cut = metadata["proposals"][0][1]
     assert cut["error"].startswith("LayerDeadlineError")
-    assert cut["finished_s"] == pytest.approx(deadline, abs=0.15)
+    # Cut at the deadline, not when the straggler would answer (5 s); the slack
+    # leaves room for a loaded 2-core machine.
+    assert deadline - 0.05 <= cut["finished_s"] < deadline + 2.0
     assert cut["finished_s"] <= metadata["aggregator"]["started_s"]
     text = rendered(metadata)
     assert "cut at the layer deadline" in text
