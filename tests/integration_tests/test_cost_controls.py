@@ -259,7 +259,7 @@ async def test_a_judge_picks_the_references_and_is_paid_for(
 async def test_first_keeps_the_fastest_and_cancels_the_rest(
     openai_simulator: OpenAISimulator,
 ) -> None:
-    for i, latency in enumerate([0.05, 3.0, 0.1, 3.0]):
+    for i, latency in enumerate([0.05, 10.0, 0.1, 10.0]):
         openai_simulator.set_behavior(f"ccsf-p{i}", ModelBehavior(first_token_latency=latency))
     llm = team(
         openai_simulator,
@@ -271,7 +271,7 @@ async def test_first_keeps_the_fastest_and_cancels_the_rest(
     )
     started = time.perf_counter()
     result = await llm.ainvoke("q")
-    assert time.perf_counter() - started < 2.5
+    assert time.perf_counter() - started < 5.0  # the two stragglers would take 10 s
     assert result.content == "ccsf-agg read 2 references [ccsf-p0, ccsf-p2] and answers: q"
     meta = result.response_metadata
     assert [p["error"] is None for p in meta["proposals"][0]] == [True, False, True, False]
