@@ -204,15 +204,7 @@ def inject_references(
     if not references:
         return list(messages)
     block = format_references(prompt, references, reference_format=reference_format)
-    if messages and isinstance(messages[0], SystemMessage):
-        first = messages[0]
-        content = first.content
-        if isinstance(content, str):
-            new_content: str | list = content + "\n\n" + block
-        else:
-            new_content = [*content, {"type": "text", "text": "\n\n" + block}]
-        return [first.model_copy(update={"content": new_content}), *messages[1:]]
-    return [SystemMessage(content=block), *messages]
+    return append_to_system(messages, block)
 
 
 def fit_references(references: Sequence[str], budget: int | None) -> list[str]:
