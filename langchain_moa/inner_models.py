@@ -68,15 +68,6 @@ def bind_tools(model: Runnable, tools: list[dict[str, Any]], **kwargs: Any) -> R
     return rewrap(model, change)
 
 
-def with_structured_output(model: Runnable, schema: Any, **kwargs: Any) -> Runnable:
-    """``with_structured_output`` through wrappers (the wrapper's retries stay outside)."""
-    if isinstance(model, RunnableBindingBase):
-        return model.model_copy(
-            update={"bound": with_structured_output(model.bound, schema, **kwargs)}
-        )
-    return model.with_structured_output(schema, **kwargs)  # type: ignore[attr-defined]
-
-
 def with_settings(model: Runnable, **updates: Any) -> Runnable:
     """A copy of ``model`` with the inner chat model's fields ``updates`` that it has.
 
