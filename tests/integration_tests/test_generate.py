@@ -345,7 +345,9 @@ def test_interrupted_mt_bench_run_keeps_finished_questions(
     output = tmp_path / "model_answer" / "gx-moa.jsonl"
     args = [str(source), "-o", str(output), "--concurrency", "2", "--generator-name", "gx-moa"]
     args += line_up(openai_simulator, "gx")
-    openai_simulator.set_behavior("gx-agg", ModelBehavior(first_token_latency=0.1))
+    # Slow enough that the run cannot finish before the signal on a loaded machine:
+    # after the 8th call, 8 more take at least 2 s.
+    openai_simulator.set_behavior("gx-agg", ModelBehavior(first_token_latency=0.5))
     run = subprocess.Popen(  # Ctrl-C is a SIGINT to the command
         [sys.executable, "-m", "langchain_moa.generate", *args],
         stdout=subprocess.PIPE,

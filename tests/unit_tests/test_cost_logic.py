@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
@@ -67,7 +69,8 @@ def test_token_counts_fall_back_to_the_heuristic() -> None:
     messages = [SystemMessage("a" * 40), HumanMessage("b" * 9)]
     assert heuristic_tokens(messages) == 10 + 4 + 3 + 4
     # Offline, ChatOpenAI cannot load its tokenizer data: the heuristic answers.
-    model = NoCounter(model="not-a-real-model", api_key="k")
+    # A fresh name: the process remembers broken counters across tests.
+    model = NoCounter(model=f"not-a-real-model-{uuid.uuid4()}", api_key="k")
     assert prompt_tokens(model, messages) == heuristic_tokens(messages)
     assert prompt_tokens(model, messages) == heuristic_tokens(messages)
     assert model.tried == 1  # a counter that failed is not tried again
