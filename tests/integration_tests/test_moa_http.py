@@ -16,6 +16,7 @@ from langchain_moa.presets import openai_compatible_moa, together_moa, together_
 from langchain_moa.testing import ModelBehavior, OpenAISimulator
 from langchain_moa.testing.answers import parse_references
 from tests.paper_prompt import PAPER_PROMPT
+from tests.simulated_usage import counts, simulator_usage
 
 
 def chat(sim: OpenAISimulator, model: str) -> ChatOpenAI:
@@ -60,9 +61,9 @@ def test_invoke_the_aggregator_really_receives_every_proposal(
     assert len(first) == 2
     assert first[0].body["messages"] == [{"role": "user", "content": "Why is the sky blue?"}]
     usage = result.usage_metadata
-    assert usage is not None
     inner = [r for r in openai_simulator.requests if r.model.startswith("inv-")]
     assert len(inner) == 7
+    assert counts(usage) == simulator_usage(inner)  # every call, as the simulator counted it
     assert (
         usage["total_tokens"]
         == sum(
