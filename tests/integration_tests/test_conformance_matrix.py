@@ -57,6 +57,7 @@ from langchain_moa import (
 )
 from langchain_moa.testing import ModelBehavior, OpenAISimulator, RecordedRequest
 from langchain_moa.testing.answers import parse_references, prompt_tokens
+from tests.simulated_usage import simulator_usage
 
 QUESTIONS = ("Why is the sky blue?", "Why is the sea green?")
 """The question of a call; ``batch``/``abatch`` send both, one per item."""
@@ -633,7 +634,6 @@ def row_usage(cell: Cell) -> None:
         meta = result.response_metadata
         records = [p for layer in meta["proposals"] for p in layer] + [meta["aggregator"]]
         assert len(records) == 2 * 3 + 1
-        assert all(r["usage"] and r["usage"]["total_tokens"] > 0 for r in records)
         expected = {f: sum(r["usage"][f] for r in records) for f in fields}
         assert {f: result.usage_metadata[f] for f in fields} == expected
     # Every inner call is counted once: the prompt tokens are those the simulator received.
@@ -641,6 +641,13 @@ def row_usage(cell: Cell) -> None:
     assert len(sent) == 7 * len(out.results)
     received = sum(prompt_tokens(r.body["messages"]) for r in sent)
     assert sum(result.usage_metadata["input_tokens"] for _, result in out.results) == received
+    # And the completion tokens those the simulator reported, call by call.
+    answered = simulator_usage(sent)["output_tokens"]
+    assert sum(result.usage_metadata["output_tokens"] for _, result in out.results) == answered
+    for _, result in out.results:
+        meta = result.response_metadata
+        first_layer = [p["usage"]["output_tokens"] for p in meta["proposals"][0]]
+        assert first_layer == [2 + 5] * 3  # "<proposer> answers: <five-word question>"
     # A usage callback counts every token once (the ensemble's run, not its inner runs too).
     counted = sum(usage["total_tokens"] for usage in counter.usage_metadata.values())
     assert counted == sum(result.usage_metadata["total_tokens"] for _, result in out.results)
@@ -653,11 +660,12 @@ def row_usage(cell: Cell) -> None:
 
 def row_progress(cell: Cell) -> None:
     llm = cell.team(max_retries=0)
-    out = cell.call(
-        llm,
-        arm=lambda: cell.sim.set_behavior(cell.name("p1"), ModelBehavior(error_status=500)),
-        listen=True,
-    )
+
+    def arm() -> None:
+        cell.sim.set_behavior(cell.name("p0"), ModelBehavior(first_token_latency=0.05))
+        cell.sim.set_behavior(cell.name("p1"), ModelBehavior(error_status=500))
+
+    out = cell.call(llm, arm=arm, listen=True)
     items = len(out.results)
     expected = PROGRESS_CHANNELS.get(cell.entry, {"callbacks"})
     assert set(out.progress) == expected
@@ -674,9 +682,13 @@ def row_progress(cell: Cell) -> None:
         failed = [p for p in finished if p["error"]]
         assert [p["model"] for p in failed] == [cell.name("p1")] * items, channel
         assert all("Error code: 500" in p["error"] for p in failed)
-        assert all(p["latency_s"] >= 0 for p in finished)
+        # p0 waits 0.05 s before answering (a busy machine may add a lot).
+        slow = [p["latency_s"] for p in finished if p["model"] == cell.name("p0")]
+        assert len(slow) == items
+        assert all(0.05 <= latency < 30 for latency in slow), channel
         ok = [p for p in finished if not p["error"]]
-        assert all(p["usage"]["total_tokens"] > 0 for p in ok)
+        # Both questions are five words: 5 in, "<proposer> answers: <question>" out.
+        assert [p["usage"]["total_tokens"] for p in ok] == [5 + 7] * 2 * items, channel
         layer_finished = {"kind": "layer_finished", "layer": 1, "succeeded": 2, "failed": 1}
         assert events.count(layer_finished) == items
     for question, result in out.results:

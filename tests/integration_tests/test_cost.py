@@ -19,6 +19,7 @@ from langchain_moa import MoAChatModel
 from langchain_moa.cost import INSTALL_COST_EXTRA, pricing, public_prices
 from langchain_moa.experiments import compare
 from langchain_moa.testing import OpenAISimulator
+from tests.simulated_usage import aggregator_usage, proposer_usage
 
 ROOT = Path(__file__).resolve().parents[2]
 PRICES = {
@@ -43,6 +44,12 @@ def team(sim: OpenAISimulator, tag: str, layers: int = 2, **fields: object) -> M
 
 def expected(usage: dict, price: dict) -> float:
     return (usage["input_tokens"] * price["input"] + usage["output_tokens"] * price["output"]) / 1e6
+
+
+def moa_lite_cost(tag: str, question: str, prices: dict) -> float:
+    """Dollars of a two-proposer MoA-Lite run, from the simulator's word counts."""
+    proposers = sum(expected(proposer_usage(question), prices[f"{tag}-p{i}"]) for i in (0, 1))
+    return proposers + expected(aggregator_usage(question, 2), prices[f"{tag}-agg"])
 
 
 def test_every_call_and_the_total_have_a_cost(openai_simulator: OpenAISimulator) -> None:
@@ -71,8 +78,11 @@ async def test_an_unknown_price_is_none_and_named(openai_simulator: OpenAISimula
     meta = result.response_metadata
     by_model = {r["model"]: r["cost_usd"] for r in meta["proposals"][0]}
     assert by_model["counk-p1"] is None
-    assert by_model["counk-p0"] > 0
-    assert meta["aggregator"]["cost_usd"] > 0
+    # "q" in, "counk-p0 answers: q" out; the aggregator reads both proposals.
+    assert by_model["counk-p0"] == pytest.approx((1 * 1.0 + 3 * 2.0) / 1e6)
+    assert meta["aggregator"]["cost_usd"] == pytest.approx(
+        expected(aggregator_usage("q", 2), PRICES["cocost-agg"])
+    )
     assert meta["cost"]["total_usd"] is None
     assert meta["cost"]["missing_prices"] == ["counk-p1"]
     # The simulator's URL is no known provider: the reason says so and asks for a price.
@@ -85,7 +95,7 @@ def test_streaming_carries_the_cost_on_the_last_chunk(openai_simulator: OpenAISi
     )
     final = chunks[-1].response_metadata
     assert final["cost"]["missing_prices"] == ["cocst-agg", "cocst-p1"]
-    assert final["proposals"][0][0]["cost_usd"] > 0
+    assert final["proposals"][0][0]["cost_usd"] == pytest.approx((1 * 1.0 + 3 * 2.0) / 1e6)
 
 
 class PricedFake(GenericFakeChatModel):
@@ -113,7 +123,10 @@ def test_known_models_are_priced_from_genai_prices() -> None:
         model="meta-llama/Llama-3-70b-chat-hf", api_key="k", base_url="https://api.together.xyz/v1"
     )
     assert pricing(together).source == "genai-prices"
-    assert pricing(ChatOpenAI(model="gpt-4o", api_key="k")).rates.input > 0
+    gpt_4o = calc_price(Usage(input_tokens=10**6), "gpt-4o", provider_id="openai")
+    assert pricing(ChatOpenAI(model="gpt-4o", api_key="k")).rates.input == pytest.approx(
+        float(gpt_4o.total_price)
+    )
     # The user's table wins over the database.
     own = pricing(ChatOpenAI(model="gpt-4o", api_key="k"), {"gpt-4o": {"input": 9, "output": 9}})
     assert (own.source, own.rates.input) == ("prices", 9)
@@ -158,7 +171,7 @@ def test_without_genai_prices_cost_is_none_with_the_install_hint(
         meta = llm.invoke("q").response_metadata
         print(meta["cost"]["total_usd"], meta["cost"]["missing_prices"])
         print(meta["cost"]["reasons"]["conogp-p0"])
-        print(meta["aggregator"]["cost_usd"] > 0)
+        print(meta["aggregator"]["cost_usd"] * 1e6)
         """
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
@@ -171,11 +184,10 @@ def test_without_genai_prices_cost_is_none_with_the_install_hint(
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines() == [
-        "None ['conogp-p0', 'conogp-p1']",
-        INSTALL_COST_EXTRA,
-        "True",
-    ]
+    *lines, aggregator_micro_usd = done.stdout.splitlines()
+    assert lines == ["None ['conogp-p0', 'conogp-p1']", INSTALL_COST_EXTRA]
+    # $1 per million tokens either way: the aggregator's tokens, in micro-dollars.
+    assert float(aggregator_micro_usd) == pytest.approx(aggregator_usage("q", 2)["total_tokens"])
 
 
 def test_the_moa_command_shows_the_cost(openai_simulator: OpenAISimulator) -> None:
@@ -213,6 +225,9 @@ def test_compare_reports_cost_per_configuration(openai_simulator: OpenAISimulato
     dataset = [{"inputs": {"question": "Why is the sky blue?"}}, {"inputs": {"question": "Why?"}}]
     result = compare({"priced": priced, "unpriced": unpriced}, dataset, [], upload=False)
     row = result.row("priced")
+    assert [e.cost_usd for e in row.examples] == [
+        pytest.approx(moa_lite_cost("cocost", item["inputs"]["question"], PRICES))
+        for item in dataset
+    ]
     assert row.cost_usd == pytest.approx(sum(e.cost_usd for e in row.examples))
-    assert row.cost_usd > 0
     assert result.row("unpriced").cost_usd is None

@@ -21,7 +21,8 @@ from langchain_core.runnables import RunnableLambda
 from rich.console import Console
 
 from langchain_moa.experiments import ComparisonResult, compare, offline_client, upload_dataset
-from langchain_moa.testing import OpenAISimulator
+from langchain_moa.testing import ModelBehavior, OpenAISimulator
+from langchain_moa.testing.answers import simulate
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "experiments.py"
 CONFIGURATIONS = ["aggregator alone", "MoA-Lite", "MoA", "Self-MoA"]
@@ -63,17 +64,30 @@ def test_offline_example_compares_the_configurations() -> None:
     assert [row.name for row in result.rows] == CONFIGURATIONS
     assert result.evaluator_keys == ["answered", "keyword", "references"]
     references = {"aggregator alone": 0, "MoA-Lite": 3, "MoA": 3, "Self-MoA": 3}
+    calls_in_a_row = {"aggregator alone": 1, "MoA-Lite": 2, "MoA": 3, "Self-MoA": 2}
+    calls_per_example = {"aggregator alone": 1, "MoA-Lite": 4, "MoA": 7, "Self-MoA": 4}
     for row in result.rows:
         assert row.errors == 0
         assert len(row.examples) == len(example.DATASET)
         assert row.scores["answered"] == 1.0
         assert row.scores["keyword"] == 1.0
         assert row.scores["references"] == references[row.name]
-        assert row.mean_latency_s is not None
-        assert row.mean_latency_s > 0
-        assert all(e.total_tokens > 0 for e in row.examples)
+        # Every call waits the example's 0.02 s first-token latency; the calls of
+        # one example run in `calls_in_a_row[name]` rounds.
+        for e in row.examples:
+            assert e.latency_s is not None
+            assert 0.02 * calls_in_a_row[row.name] <= e.latency_s < 30
+        assert row.mean_latency_s == pytest.approx(
+            sum(e.latency_s for e in row.examples) / len(row.examples)  # type: ignore[misc]
+        )
         assert row.total_tokens == sum(e.total_tokens for e in row.examples)
+    # The token figures are the simulator's own accounting of every request each
+    # configuration sent (the configurations ran one after the other, in order).
     tokens = {row.name: row.total_tokens for row in result.rows}
+    sent = iter(requests)
+    for name in CONFIGURATIONS:
+        calls = [next(sent) for _ in range(len(example.DATASET) * calls_per_example[name])]
+        assert tokens[name] == sum(simulate(r.body).usage["total_tokens"] for r in calls), name
     assert tokens["aggregator alone"] < tokens["MoA-Lite"] < tokens["MoA"]
     latency = {row.name: row.mean_latency_s for row in result.rows}
     assert latency["aggregator alone"] < latency["MoA"]  # one call vs three in a row
@@ -87,7 +101,7 @@ def test_offline_example_compares_the_configurations() -> None:
     assert self_moa is not None
     assert self_moa.startswith("strong-model read 3 references [strong-model, strong-model")
     # Every configuration ran every example once: 5 x (1 + 4 + 7 + 4) calls.
-    assert len(requests) == 5 * 16
+    assert len(requests) == 5 * sum(calls_per_example.values()) == 5 * 16
 
     table = render(result)
     assert "local, not uploaded" in table
@@ -95,6 +109,34 @@ def test_offline_example_compares_the_configurations() -> None:
         assert name in table
     for figure in (str(tokens["MoA"]), "3.00", "1.00", f"{latency['MoA']:.3f}"):
         assert figure in table
+
+
+@pytest.mark.usefixtures("offline")
+def test_tokens_are_input_plus_output_and_latency_includes_the_models_delay() -> None:
+    # The simulator counts whitespace-separated words: a question's words in,
+    # "<model> answers: <question>" out.
+    dataset = [
+        {"inputs": {"question": "Why is the sky blue?"}},  # 5 in, 2 + 5 out
+        {"inputs": {"question": "What causes the seasons?"}},  # 4 in, 2 + 4 out
+    ]
+    client = offline_client()
+    with OpenAISimulator(behaviors={"xp-tok": ModelBehavior(first_token_latency=0.2)}) as sim:
+        result = compare({"one model": sim.chat_model("xp-tok")}, dataset, [], client=client)
+
+    (row,) = result.rows
+    assert [e.answer for e in row.examples] == [
+        "xp-tok answers: Why is the sky blue?",
+        "xp-tok answers: What causes the seasons?",
+    ]
+    assert [e.total_tokens for e in row.examples] == [5 + 7, 4 + 6]
+    assert row.total_tokens == 22
+    for e in row.examples:
+        assert e.latency_s is not None
+        assert 0.2 <= e.latency_s < 30
+    assert row.mean_latency_s == pytest.approx(sum(e.latency_s for e in row.examples) / 2)
+    (line,) = [line for line in render(result).splitlines() if "one model" in line]
+    assert line.split()[-3:] == ["22", "-", "0"]  # tokens, cost (no price), errors
+    assert client.session.attempts == []
 
 
 @pytest.mark.usefixtures("offline")

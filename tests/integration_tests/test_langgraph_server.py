@@ -25,6 +25,7 @@ import openai
 import pytest
 
 from langchain_moa.testing import OpenAISimulator
+from tests.simulated_usage import moa_lite_usage
 
 pytest.importorskip("langgraph_api")
 from langgraph.pregel.remote import RemoteGraph
@@ -144,7 +145,8 @@ def test_runs_wait(server_url: str) -> None:
     client = get_sync_client(url=server_url)
     state = client.runs.wait(None, "moa", input=_question())
     assert state["messages"][-1]["content"] == EXPECTED
-    assert state["messages"][-1]["usage_metadata"]["total_tokens"] > 0
+    usage = moa_lite_usage(QUESTION, proposers=2)  # the simulator's word counts
+    assert state["messages"][-1]["usage_metadata"]["total_tokens"] == usage["total_tokens"]
 
 
 def test_messages_stream_carries_the_aggregators_tokens_only(server_url: str) -> None:

@@ -11,10 +11,12 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 
-from langchain_moa import DEFAULT_AGGREGATOR_PROMPT, MoAChatModel
+from langchain_moa import MoAChatModel
 from langchain_moa.presets import openai_compatible_moa, together_moa, together_moa_lite
 from langchain_moa.testing import ModelBehavior, OpenAISimulator
 from langchain_moa.testing.answers import parse_references
+from tests.paper_prompt import PAPER_PROMPT
+from tests.simulated_usage import counts, simulator_usage
 
 
 def chat(sim: OpenAISimulator, model: str) -> ChatOpenAI:
@@ -52,16 +54,16 @@ def test_invoke_the_aggregator_really_receives_every_proposal(
         for i in range(3)
     ]
     assert aggregator_system_prompt(openai_simulator, "inv-agg").startswith(
-        DEFAULT_AGGREGATOR_PROMPT + "\n1. inv-p0 read 3"
+        PAPER_PROMPT + "\n1. inv-p0 read 3"
     )
     # First layer: the conversation as given, no system message injected.
     first = [r for r in openai_simulator.requests_for("inv-p0")]
     assert len(first) == 2
     assert first[0].body["messages"] == [{"role": "user", "content": "Why is the sky blue?"}]
     usage = result.usage_metadata
-    assert usage is not None
     inner = [r for r in openai_simulator.requests if r.model.startswith("inv-")]
     assert len(inner) == 7
+    assert counts(usage) == simulator_usage(inner)  # every call, as the simulator counted it
     assert (
         usage["total_tokens"]
         == sum(
@@ -80,7 +82,7 @@ async def test_ainvoke_with_the_callers_system_prompt(openai_simulator: OpenAISi
         "ainv-agg read 3 references [ainv-p0, ainv-p1, ainv-p2] and answers: What is MoA?"
     )
     system = aggregator_system_prompt(openai_simulator, "ainv-agg")
-    assert system.startswith("Answer briefly.\n\n" + DEFAULT_AGGREGATOR_PROMPT + "\n1. ")
+    assert system.startswith("Answer briefly.\n\n" + PAPER_PROMPT + "\n1. ")
 
 
 def test_batch_keeps_each_question_apart(openai_simulator: OpenAISimulator) -> None:

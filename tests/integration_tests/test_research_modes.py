@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from langchain_core.language_models import BaseChatModel, GenericFakeChatModel
+from langchain_core.messages import AIMessage
 
 from langchain_moa import MoAChatModel
 from langchain_moa.presets import self_moa
@@ -11,13 +13,18 @@ from langchain_moa.testing import OpenAISimulator
 from langchain_moa.testing.answers import parse_references
 
 
-def ranker(sim: OpenAISimulator, tag: str) -> MoAChatModel:
+def ranker(sim: OpenAISimulator, tag: str, judge: BaseChatModel | None = None) -> MoAChatModel:
     return MoAChatModel(
         proposers=[sim.chat_model(f"{tag}-p{i}") for i in range(3)],
-        aggregator=sim.chat_model(f"{tag}-ranker"),
+        aggregator=judge or sim.chat_model(f"{tag}-ranker"),
         layers=2,
         aggregation="rank",
     )
+
+
+def judge(reply: str) -> GenericFakeChatModel:
+    """A ranker whose reply is fixed, whatever it is shown."""
+    return GenericFakeChatModel(messages=iter([AIMessage(reply)]))
 
 
 @pytest.mark.parametrize("how", ["invoke", "stream"])
@@ -45,7 +52,49 @@ def test_ranker_returns_the_chosen_proposal_word_for_word(
     assert meta["ranker"]["parsed"] is True
     assert meta["ranker"]["output"].startswith(f"{tag}-ranker read 3 references")
     assert result.content == meta["proposals"][0][2]["text"] == f"{tag}-p2 answers: Which is best?"
-    assert result.usage_metadata["total_tokens"] > 0
+    # Usage, in simulator tokens (whitespace-separated words): three proposers
+    # (3 words in, "<p> answers: Which is best?" out), then the ranker (its system
+    # text and the question in, "<ranker> read 3 references [..] and answers: ..." out).
+    ranker_in = len(system.split()) + 3
+    assert result.usage_metadata["total_tokens"] == 3 * (3 + 5) + ranker_in + 9 + 3
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ["2", "Response 2 is the most complete.", "Not 0, not 9, but number 2."],
+)
+def test_the_ranker_s_choice_is_the_answer_whatever_it_is(
+    openai_simulator: OpenAISimulator, reply: str
+) -> None:
+    # The ranker picks the middle proposal, which the simulator's own wording
+    # ("... read 3 references ...") would never pick: the first number that names
+    # a proposal wins.
+    tag = "rank-pick"
+    result = ranker(openai_simulator, tag, judge(reply)).invoke("Which is best?")
+    assert result.content == f"{tag}-p1 answers: Which is best?"
+    assert result.response_metadata["ranker"] == {"choice": 2, "parsed": True, "output": reply}
+    # The judge reports no usage: the total is the three proposers' (3 in, 5 out each).
+    assert result.usage_metadata["total_tokens"] == 3 * (3 + 5)
+
+
+def test_the_ranker_s_last_proposal_streams_as_the_answer(
+    openai_simulator: OpenAISimulator,
+) -> None:
+    tag = "rank-last"
+    chunks = list(ranker(openai_simulator, tag, judge("3")).stream("Which is best?"))
+    assert "".join(str(c.content) for c in chunks) == f"{tag}-p2 answers: Which is best?"
+
+
+@pytest.mark.parametrize("reply", ["I cannot decide.", "0", "Neither 4 nor 17."])
+def test_an_unparseable_ranking_falls_back_to_the_first_proposal(
+    openai_simulator: OpenAISimulator, reply: str
+) -> None:
+    # Documented fallback: no number names a proposal, so the first proposal is
+    # the answer and the record says the reply was not understood.
+    tag = "rank-fallback"
+    result = ranker(openai_simulator, tag, judge(reply)).invoke("Which is best?")
+    assert result.content == f"{tag}-p0 answers: Which is best?"
+    assert result.response_metadata["ranker"] == {"choice": 1, "parsed": False, "output": reply}
 
 
 def test_ranker_refuses_tools(openai_simulator: OpenAISimulator) -> None:

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from langchain_openai import ChatOpenAI
 
-from langchain_moa import DEFAULT_AGGREGATOR_PROMPT, MoAChatModel, Sequential
+from langchain_moa import MoAChatModel, Sequential
 from langchain_moa.prompts import DEFAULT_SEQUENTIAL_PROMPT
 from langchain_moa.testing import OpenAISimulator
 from langchain_moa.testing.answers import parse_references
+from tests.paper_prompt import PAPER_PROMPT
 
 QUESTION = "Why is the sky blue?"
 
@@ -75,7 +76,7 @@ def test_each_step_reads_the_synthesis_and_the_next_window(
     sent = steps_sent(openai_simulator, f"{tag}-agg")
     assert len(sent) == 3
     # Step 1: the first window under the paper's prompt.
-    assert sent[0][0].startswith(DEFAULT_AGGREGATOR_PROMPT + "\n1. ")
+    assert sent[0][0].startswith(PAPER_PROMPT + "\n1. ")
     assert sent[0][1] == [proposal.format(i) for i in range(3)]
     # Steps 2 and 3: the synthesis so far, then the next window, under the keep-the-best prompt.
     first_synthesis = (

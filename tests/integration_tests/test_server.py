@@ -30,6 +30,7 @@ from langchain_moa import MoAChatModel
 from langchain_moa.server import ServerSettings, create_app
 from langchain_moa.testing import ModelBehavior, OpenAISimulator
 from tests.integration_tests.server_harness import serve_app
+from tests.simulated_usage import moa_lite_usage
 
 KEY = "test-key-1"
 OTHER_KEY = "test-key-2"
@@ -157,6 +158,7 @@ def test_sync_completion_with_summed_usage_and_moa_details(client: openai.OpenAI
     assert details["failed_proposers"] == 0
     assert answer.usage is not None
     assert answer.usage.total_tokens == _usage_total(details)
+    assert answer.usage.total_tokens == moa_lite_usage(QUESTION, proposers=2)["total_tokens"]
     assert answer.usage.prompt_tokens + answer.usage.completion_tokens == answer.usage.total_tokens
 
 
@@ -191,6 +193,7 @@ def test_sync_stream_with_usage(client: openai.OpenAI) -> None:
     assert last.choices == []
     assert last.usage is not None
     assert last.usage.total_tokens == _usage_total(last.model_extra["moa"])
+    assert last.usage.total_tokens == moa_lite_usage(QUESTION, proposers=2)["total_tokens"]
     assert all(c.usage is None for c in chunks[:-1])
     assert len({c.id for c in chunks}) == 1
 
@@ -357,7 +360,15 @@ def test_details_can_be_left_out(sim: OpenAISimulator) -> None:
             )
         )
     assert "moa" not in (answer.model_extra or {})
+    # Without the details the usage is still every call's, as the simulator counted it.
+    usage = moa_lite_usage("Q", proposers=2)
     assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (
+        usage["input_tokens"],
+        usage["output_tokens"],
+    )
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens == usage["total_tokens"]
     assert all("moa" not in (c.model_extra or {}) for c in chunks)
 
 

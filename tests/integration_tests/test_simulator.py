@@ -226,7 +226,11 @@ def test_moa_references(openai_simulator: OpenAISimulator) -> None:
     assert result.content == ("agg read 3 references [p1, p2, p3] and answers: What is 2+2?")
 
 
-def test_moa_layers_end_to_end(openai_simulator: OpenAISimulator) -> None:
+def test_a_hand_built_reference_block_in_a_system_text_part_is_read(
+    openai_simulator: OpenAISimulator,
+) -> None:
+    # The simulator alone, no MoAChatModel: answers are collected and laid out as
+    # a reference block by hand (MoA itself: test_moa_http.py).
     question = "Why is the sky blue?"
     proposers = ["p-a", "p-b", "p-c"]
     answers = [str(_llm(openai_simulator, name).invoke(question).content) for name in proposers]

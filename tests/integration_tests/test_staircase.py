@@ -173,7 +173,10 @@ def test_stairs_read_growing_references_and_continue_their_own_answer(
     # The record: every proposal, every stair, the usage of every call.
     (layer,) = metadata["proposals"]
     assert [p["model"] for p in layer] == [f"{tag}-p{i}" for i in range(PROPOSERS)]
-    assert all(p["error"] is None and p["usage"]["output_tokens"] > 0 for p in layer)
+    # "<proposer> answers: <question>", whatever the stairs read on the way.
+    assert [(p["error"], p["usage"]["output_tokens"]) for p in layer] == [
+        (None, QUESTION_WORDS + 2)
+    ] * PROPOSERS
     aggregator = metadata["aggregator"]
     assert aggregator["text"] == result.content
     assert aggregator["attempts"] == len(stairs)
@@ -326,7 +329,10 @@ def test_a_proposer_that_breaks_off_drops_out_of_later_stairs(
     result = llm.invoke(QUESTION)
     stairs = stairs_in(result.content)
     assert len(stairs[-1].lengths) == 2
-    assert result.response_metadata["proposals"][0][1]["error"] is not None
+    # Six tokens of "st-die-p1 answers: Why is the sky blue? ..." arrived, then the cut.
+    error = result.response_metadata["proposals"][0][1]["error"]
+    assert error.startswith("StreamBrokenError: ")
+    assert f"after {len('st-die-p1 answers: Why is the sky ')} characters" in error
     assert result.response_metadata["failed_proposers"] == 1
 
 

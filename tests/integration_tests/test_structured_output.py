@@ -11,6 +11,7 @@ from typing_extensions import TypedDict
 
 from langchain_moa import MoAChatModel
 from langchain_moa.testing import OpenAISimulator
+from tests.simulated_usage import counts, simulator_usage
 
 
 class Joke(BaseModel):
@@ -93,7 +94,10 @@ async def test_include_raw_and_async(openai_simulator: OpenAISimulator, method: 
     assert isinstance(out["raw"], AIMessage)
     assert isinstance(out["parsed"], Joke)
     assert out["parsing_error"] is None
-    assert out["raw"].usage_metadata["total_tokens"] > 0
+    # Every call's usage, as the simulator counted it: two proposers, the aggregator.
+    sent = [r for r in openai_simulator.requests if r.model.startswith(f"{tag}-")]
+    assert sorted(r.model for r in sent) == [f"{tag}-agg", f"{tag}-p0", f"{tag}-p1"]
+    assert counts(out["raw"].usage_metadata) == simulator_usage(sent)
     assert len(out["raw"].response_metadata["proposals"][0]) == 2
 
 

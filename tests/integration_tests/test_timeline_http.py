@@ -22,6 +22,7 @@ from langchain_moa.timeline import render_timeline
 
 LATENCIES = {"tl-fast": 0.05, "tl-mid": 0.12, "tl-slow": 0.25}
 AGGREGATOR_FIRST_TOKEN = 0.1
+ANSWER = "tl-agg read 3 references [tl-fast, tl-mid, tl-slow] and answers: Why is the sky blue?"
 TOLERANCE = 0.01  # offsets and latencies are rounded to 0.1 ms and measured apart
 
 
@@ -96,6 +97,7 @@ def test_stream_records_the_first_token(llm: MoAChatModel) -> None:
         if chunk.content and not first_seen:
             first_seen.append(time.perf_counter() - started)
         chunks.append(chunk)
+    assert joined(chunks).content == ANSWER
     metadata = joined(chunks).response_metadata
     assert_consistent(metadata)
     check_first_token(metadata)
@@ -105,6 +107,7 @@ def test_stream_records_the_first_token(llm: MoAChatModel) -> None:
 
 async def test_astream_records_the_first_token(llm: MoAChatModel) -> None:
     chunks = [chunk async for chunk in llm.astream("Why is the sky blue?")]
+    assert joined(chunks).content == ANSWER
     metadata = joined(chunks).response_metadata
     assert_consistent(metadata)
     check_first_token(metadata)

@@ -66,6 +66,11 @@ class Ensemble:
         """Every proposer answer of the simulator starts with the proposer's name."""
         return tuple(f"{name} " for name in self.proposers)
 
+    def answer(self, question: str) -> str:
+        """The simulator's final answer: the aggregator names the proposals it read."""
+        read = f"read {len(self.proposers)} references [{', '.join(self.proposers)}]"
+        return f"{self.aggregator} {read} and answers: {question}"
+
 
 def ensemble(sim: OpenAISimulator, tag: str, **kwargs: Any) -> Ensemble:
     proposers = [f"{tag}-p{i}" for i in range(PROPOSERS)]
@@ -441,6 +446,7 @@ def test_stream_posts_one_complete_trace(
     with capture.traced(mode) as config:
         chunks = list(team.llm.stream("Why is the sky blue?", config))
     assert len(chunks) > 2
+    assert concat(chunks).text == team.answer("Why is the sky blue?")
     root = check_single_moa_trace(capture.trace(), team)
     assert root["outputs"]["generations"][0][0]["text"] == concat(chunks).text
 
@@ -453,6 +459,7 @@ async def test_astream_posts_one_complete_trace(
     with capture.traced(mode) as config:
         chunks = [chunk async for chunk in team.llm.astream("Why is the sky blue?", config)]
     assert len(chunks) > 2
+    assert concat(chunks).text == team.answer("Why is the sky blue?")
     root = check_single_moa_trace(capture.trace(), team)
     assert root["outputs"]["generations"][0][0]["text"] == concat(chunks).text
 

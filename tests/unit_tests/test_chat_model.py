@@ -16,20 +16,8 @@ from langchain_moa import (
     MoAChatModel,
     ProposersFailedError,
 )
+from tests.paper_prompt import PAPER_PROMPT
 from tests.unit_tests.fakes import RecordingChatModel
-
-# The paper's aggregate-and-synthesize prompt (Table 1), written out here on
-# purpose: the default must stay byte-for-byte this text.
-PAPER_PROMPT = (
-    "You have been provided with a set of responses from various open-source models "
-    "to the latest user query. Your task is to synthesize these responses into a "
-    "single, high-quality response. It is crucial to critically evaluate the "
-    "information provided in these responses, recognizing that some of it may be "
-    "biased or incorrect. Your response should not simply replicate the given answers "
-    "but should offer a refined, accurate, and comprehensive reply to the instruction. "
-    "Ensure your response is well-structured, coherent, and adheres to the highest "
-    "standards of accuracy and reliability.\n\nResponses from models:"
-)
 
 
 def pairs(messages: list) -> list[tuple[str, object]]:
@@ -140,7 +128,7 @@ def test_usage_is_summed_over_every_inner_call() -> None:
 
 def test_response_metadata_reports_every_proposal() -> None:
     llm = MoAChatModel(
-        proposers=[fake("a"), fake("b")],
+        proposers=[fake("a", delay=0.05), fake("b", delay=0.05)],
         aggregator=fake("agg"),
         layers=3,
         model="my-moa",
@@ -155,7 +143,7 @@ def test_response_metadata_reports_every_proposal() -> None:
     ]
     for proposal in layer2:
         assert proposal["usage"]["total_tokens"] == 8
-        assert proposal["latency_s"] >= 0
+        assert 0.05 <= proposal["latency_s"] < 30  # the fake's delay, on a busy machine
         assert proposal["error"] is None
     assert meta["aggregator"]["model"] == "agg"
     assert meta["finish_reason"] == "stop"
