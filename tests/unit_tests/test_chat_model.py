@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
@@ -297,6 +298,49 @@ def test_empty_input_and_model_override_are_refused() -> None:
         llm.invoke([])
     with pytest.raises(TypeError, match="no single model to override"):
         llm.invoke("q", model="other")
+
+
+def odd_block() -> HumanMessage:
+    """A message whose content list gained a block that is neither text nor a dict."""
+    message = HumanMessage(content=["What is this?"])
+    message.content.append(42)  # type: ignore[union-attr,arg-type]
+    return message
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda llm: llm.invoke("q", max_tokens=1.5),
+            TypeError,
+            "max_tokens must be an integer, got 1.5",
+        ),
+        (lambda llm: llm.invoke("q", seed=True), TypeError, "seed must be an integer, got True"),
+        (
+            lambda llm: llm.invoke("q", temperature="hot"),
+            TypeError,
+            "temperature must be a number, got 'hot'",
+        ),
+        (
+            lambda llm: llm.invoke("q", top_p=-0.5),
+            ValueError,
+            "top_p must be a finite number >= 0, got -0.5",
+        ),
+        (
+            lambda llm: llm.invoke([odd_block()]),
+            ValueError,
+            "unsupported content block of Python type int;",
+        ),
+    ],
+)
+def test_bad_call_arguments_are_refused_before_any_model_call_naming_the_value(
+    call: object, error: type[Exception], message: str
+) -> None:
+    a, agg = fake("a"), fake("agg")
+    llm = MoAChatModel(proposers=[a], aggregator=agg)
+    with pytest.raises(error, match=re.escape(message)):
+        call(llm)  # type: ignore[operator]
+    assert a.received == agg.received == []
 
 
 def test_identifying_params_distinguish_ensembles() -> None:
