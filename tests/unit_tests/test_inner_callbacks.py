@@ -10,9 +10,10 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.callbacks import BaseCallbackHandler, get_usage_metadata_callback
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
+from langchain_core.tracers.context import collect_runs
 from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
 from langchain_core.tracers.schemas import Run
 
@@ -86,6 +87,14 @@ def chat_models(run: Run) -> list[Run]:
     return found
 
 
+def descendants(run: Run) -> list[Run]:
+    """Every run under ``run``: the inner graph's chains and the inner chat models."""
+    found = list(run.child_runs)
+    for child in run.child_runs:
+        found.extend(descendants(child))
+    return found
+
+
 @pytest.mark.parametrize("how", WAYS)
 async def test_a_tracer_sees_every_inner_model_under_the_ensembles_run(how: str) -> None:
     tracer = RunCollectorCallbackHandler()
@@ -98,7 +107,7 @@ async def test_a_tracer_sees_every_inner_model_under_the_ensembles_run(how: str)
 
 @pytest.mark.parametrize("how", ["ainvoke", "stream", "astream"])
 async def test_every_way_of_calling_traces_the_same_tree_as_invoke(how: str) -> None:
-    """Including the caller's tags and metadata on every inner run.
+    """Including the caller's tags and metadata on every inner run, the graph's too.
 
     A tag set on both the call and the model is treated as ``invoke`` treats it
     (LangChain counts it as the model's own, which inner runs do not inherit).
@@ -110,7 +119,8 @@ async def test_every_way_of_calling_traces_the_same_tree_as_invoke(how: str) -> 
         tracer = RunCollectorCallbackHandler()
         await call(llm, way, {**config, "callbacks": [tracer]})
         (root,) = tracer.traced_runs
-        for inner in chat_models(root):
+        assert len(descendants(root)) > len(INNER_CHAT_MODELS)  # the graph's runs too
+        for inner in descendants(root):
             assert "caller-tag" in (inner.tags or []), inner.name
             assert inner.extra["metadata"]["caller"] == "me", inner.name
         trees.append(shape(root))
@@ -155,3 +165,22 @@ async def test_a_handler_set_on_the_model_gets_the_progress_of_every_call(how: s
     expected = ["layer_started", "proposer_finished", "layer_finished"] * 2
     assert [kind for kind, _ in handler.progress] == [*expected, "aggregation_started"]
     assert len({run_id for _, run_id in handler.progress}) == 1
+
+
+@pytest.mark.parametrize("policy", ["tracers", "all"])
+@pytest.mark.parametrize("how", WAYS)
+async def test_handlers_switched_on_by_context_managers_follow_the_policy(
+    how: str, policy: str
+) -> None:
+    """``collect_runs`` (a tracer) always sees the inner models; the usage callback
+    counts them only with ``inner_callbacks="all"`` (else the ensemble once)."""
+    with get_usage_metadata_callback() as usage, collect_runs() as runs:
+        await call(ensemble(inner_callbacks=policy), how, {})
+    names = [run.name for root in runs.traced_runs for run in [root, *descendants(root)]]
+    assert set(INNER_CHAT_MODELS) <= set(names)
+    ensemble_usage = {"input_tokens": 9, "output_tokens": 15, "total_tokens": 24}
+    if policy == "tracers":
+        assert usage.usage_metadata == {"mixture-of-agents": ensemble_usage}
+    else:
+        assert sorted(usage.usage_metadata) == ["a", "agg", "mixture-of-agents"]
+        assert usage.usage_metadata["mixture-of-agents"] == ensemble_usage
