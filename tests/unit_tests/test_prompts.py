@@ -144,3 +144,21 @@ def test_inject_references_passes_the_format() -> None:
 def test_unknown_format_is_rejected() -> None:
     with pytest.raises(ValueError, match="reference_format"):
         format_references("P:", ["a"], reference_format="xml")  # type: ignore[arg-type]
+
+
+def test_a_reference_exactly_at_the_fair_share_stays_whole() -> None:
+    """Only references longer than their share are cut: none gets a 0-character cut."""
+    fitted = fit_references(["aaaa", "b" * 10], 8)
+    assert fitted == ["aaaa", "bbbb[... truncated 6 characters]"]
+    assert not isinstance(fitted[0], TruncatedReference)
+
+
+def test_references_go_after_a_system_message_made_of_content_blocks() -> None:
+    system = SystemMessage(content=[{"type": "text", "text": "Be terse."}])
+    messages = inject_references([system, HumanMessage("Q")], ["a"], "P:")
+    assert messages[0].content == [
+        {"type": "text", "text": "Be terse."},
+        {"type": "text", "text": "\n\nP:\n1. a"},
+    ]
+    assert messages[1:] == [HumanMessage("Q")]
+    assert system.content == [{"type": "text", "text": "Be terse."}]  # the caller's is untouched
