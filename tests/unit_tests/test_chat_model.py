@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import Iterator
 
 import pytest
+from langchain_core.caches import InMemoryCache
+from langchain_core.globals import set_llm_cache
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.graph import START, MessagesState, StateGraph
@@ -299,6 +303,49 @@ def test_empty_input_and_model_override_are_refused() -> None:
         llm.invoke("q", model="other")
 
 
+def odd_block() -> HumanMessage:
+    """A message whose content list gained a block that is neither text nor a dict."""
+    message = HumanMessage(content=["What is this?"])
+    message.content.append(42)  # type: ignore[union-attr,arg-type]
+    return message
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda llm: llm.invoke("q", max_tokens=1.5),
+            TypeError,
+            "max_tokens must be an integer, got 1.5",
+        ),
+        (lambda llm: llm.invoke("q", seed=True), TypeError, "seed must be an integer, got True"),
+        (
+            lambda llm: llm.invoke("q", temperature="hot"),
+            TypeError,
+            "temperature must be a number, got 'hot'",
+        ),
+        (
+            lambda llm: llm.invoke("q", top_p=-0.5),
+            ValueError,
+            "top_p must be a finite number >= 0, got -0.5",
+        ),
+        (
+            lambda llm: llm.invoke([odd_block()]),
+            ValueError,
+            "unsupported content block of Python type int;",
+        ),
+    ],
+)
+def test_bad_call_arguments_are_refused_before_any_model_call_naming_the_value(
+    call: object, error: type[Exception], message: str
+) -> None:
+    a, agg = fake("a"), fake("agg")
+    llm = MoAChatModel(proposers=[a], aggregator=agg)
+    with pytest.raises(error, match=re.escape(message)):
+        call(llm)  # type: ignore[operator]
+    assert a.received == agg.received == []
+
+
 def test_identifying_params_distinguish_ensembles() -> None:
     one = MoAChatModel(proposers=[FakeListChatModel(responses=["x"])], aggregator=fake("agg"))
     two = MoAChatModel(proposers=[FakeListChatModel(responses=["y"])], aggregator=fake("agg"))
@@ -391,3 +438,41 @@ def test_the_readme_configuration_table_lists_every_field() -> None:
     own = set(MoAChatModel.model_fields) - set(BaseChatModel.model_fields)
     missing = sorted(name for name in own if f"`{name}`" not in table)
     assert missing == []
+
+
+@pytest.fixture
+def global_cache() -> Iterator[InMemoryCache]:
+    cache = InMemoryCache()
+    set_llm_cache(cache)
+    try:
+        yield cache
+    finally:
+        set_llm_cache(None)
+
+
+@pytest.mark.parametrize("where", ["model", "global"])
+def test_a_model_repeated_in_a_layer_samples_afresh_and_its_first_use_reads_the_cache(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    """Self-MoA: repeats of one model skip the LLM cache; the first use keeps it."""
+    if where == "global":
+        request.getfixturevalue("global_cache")
+        sampler = RecordingChatModel(name="a")
+    else:
+        sampler = RecordingChatModel(name="a", cache=InMemoryCache())
+    # cache=False: the ensemble's own answer must not come from the global cache.
+    llm = MoAChatModel(proposers=[sampler, sampler], aggregator=fake("agg"), layers=2, cache=False)
+
+    def texts() -> list[str]:
+        return [p["text"] for p in llm.invoke("q").response_metadata["proposals"][0]]
+
+    first = texts()  # the two run in parallel: either may be called first
+    assert sorted(first) == ["a: answer 1", "a: answer 2"]
+    assert texts() == [first[0], "a: answer 3"]
+    assert len(sampler.received) == 3
+
+
+def test_the_graph_is_named_for_traces_and_parent_graphs() -> None:
+    assert MoAChatModel(proposers=[fake("a")], aggregator=fake("agg")).graph.name == (
+        "mixture_of_agents"
+    )
