@@ -26,15 +26,18 @@ class RecordingChatModel(BaseChatModel):
     input_tokens: int = 3
     output_tokens: int = 5
     received: list[list[BaseMessage]] = Field(default_factory=list)
+    stops: list[list[str] | None] = Field(default_factory=list)
+    """The ``stop`` of every call, in order."""
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @property
     def _llm_type(self) -> str:
         return "recording"
 
-    def _answer(self, messages: list[BaseMessage]) -> AIMessage:
+    def _answer(self, messages: list[BaseMessage], stop: list[str] | None = None) -> AIMessage:
         with self._lock:
             self.received.append(list(messages))
+            self.stops.append(stop)
             count = len(self.received)
         if self.fail:
             msg = f"{self.name} is down"
@@ -57,7 +60,7 @@ class RecordingChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         time.sleep(self.delay)
-        return ChatResult(generations=[ChatGeneration(message=self._answer(messages))])
+        return ChatResult(generations=[ChatGeneration(message=self._answer(messages, stop))])
 
     async def _agenerate(
         self,
@@ -67,7 +70,7 @@ class RecordingChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         await asyncio.sleep(self.delay)
-        return ChatResult(generations=[ChatGeneration(message=self._answer(messages))])
+        return ChatResult(generations=[ChatGeneration(message=self._answer(messages, stop))])
 
     def _chunks(self, message: AIMessage) -> list[ChatGenerationChunk]:
         words = str(message.content).split(" ")
@@ -94,7 +97,7 @@ class RecordingChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         time.sleep(self.delay)
-        yield from self._chunks(self._answer(messages))
+        yield from self._chunks(self._answer(messages, stop))
 
     async def _astream(
         self,
@@ -104,5 +107,16 @@ class RecordingChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         await asyncio.sleep(self.delay)
-        for chunk in self._chunks(self._answer(messages)):
+        for chunk in self._chunks(self._answer(messages, stop)):
             yield chunk
+
+
+class ToolTakingChatModel(RecordingChatModel):
+    """A ``RecordingChatModel`` that takes tools, recording each ``bind_tools`` call."""
+
+    tool_bindings: list[dict[str, Any]] = Field(default_factory=list)
+    """``{"tools": [...], **kwargs}`` of every ``bind_tools`` call, in order."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        self.tool_bindings.append({"tools": list(tools), **kwargs})
+        return self
