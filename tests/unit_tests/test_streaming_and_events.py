@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.runnables import RunnableConfig
 
 from langchain_moa import PROGRESS_EVENT, MoAChatModel
 from tests.unit_tests.fakes import RecordingChatModel
@@ -79,3 +80,96 @@ def test_progress_reports_failures() -> None:
     ]
     assert [p["model"] for p in failed] == ["down"]
     assert {"layer": 1, "succeeded": 1, "failed": 1, "kind": "layer_finished"} in seen
+
+
+# -- a streamed call keeps the caller's run, callbacks and stop --------------------------
+
+
+class Runs(BaseCallbackHandler):
+    """Records every run's parent, and which runs are chat model runs."""
+
+    def __init__(self) -> None:
+        self.parent: dict[UUID, UUID | None] = {}
+        self.chat_models: list[UUID] = []
+
+    def on_chain_start(
+        self,
+        serialized: Any,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.parent[run_id] = parent_run_id
+
+    def on_chat_model_start(
+        self,
+        serialized: Any,
+        messages: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.parent[run_id] = parent_run_id
+        self.chat_models.append(run_id)
+
+    def inner_model_runs_of(self, root: UUID) -> list[UUID]:
+        """The chat model runs nested (at any depth) under ``root``."""
+
+        def under(run_id: UUID) -> bool:
+            parent = self.parent.get(run_id)
+            return parent is not None and (parent == root or under(parent))
+
+        return [run_id for run_id in self.chat_models if under(run_id)]
+
+
+def traced_ensemble() -> tuple[MoAChatModel, RecordingChatModel, RecordingChatModel]:
+    proposer, aggregator = RecordingChatModel(name="p"), RecordingChatModel(name="agg")
+    llm = MoAChatModel(proposers=[proposer], aggregator=aggregator, layers=2, inner_callbacks="all")
+    return llm, proposer, aggregator
+
+
+def test_stream_runs_under_the_callers_run_id_with_inner_runs_nested() -> None:
+    llm, proposer, aggregator = traced_ensemble()
+    runs, run_id = Runs(), uuid4()
+    chunks = list(llm.stream("q", config={"callbacks": [runs], "run_id": run_id}, stop=["END"]))
+    assert "".join(str(c.content) for c in chunks) == "agg: answer 1"
+    assert runs.chat_models[0] == run_id  # the ensemble's own run, as the caller named it
+    assert runs.parent[run_id] is None
+    assert len(runs.inner_model_runs_of(run_id)) == 2  # the proposer's and the aggregator's
+    assert (proposer.stops, aggregator.stops) == ([None], [["END"]])
+
+
+async def test_astream_runs_under_the_callers_run_id_with_inner_runs_nested() -> None:
+    llm, proposer, aggregator = traced_ensemble()
+    runs, run_id = Runs(), uuid4()
+    config: RunnableConfig = {"callbacks": [runs], "run_id": run_id}
+    chunks = [chunk async for chunk in llm.astream("q", config=config, stop=["END"])]
+    assert "".join(str(c.content) for c in chunks) == "agg: answer 1"
+    assert runs.chat_models[0] == run_id
+    assert runs.parent[run_id] is None
+    assert len(runs.inner_model_runs_of(run_id)) == 2
+    assert (proposer.stops, aggregator.stops) == ([None], [["END"]])
+
+
+def test_v3_event_stream_nests_inner_runs_and_applies_stop() -> None:
+    # stream_events(version="v3") hands _stream its run manager directly.
+    llm, proposer, aggregator = traced_ensemble()
+    runs = Runs()
+    stream = llm.stream_events("q", version="v3", stop=["END"], config={"callbacks": [runs]})
+    assert stream.output.text == "agg: answer 1"
+    (root,) = [run_id for run_id, parent in runs.parent.items() if parent is None]
+    assert len(runs.inner_model_runs_of(root)) == 2
+    assert (proposer.stops, aggregator.stops) == ([None], [["END"]])
+
+
+async def test_async_v3_event_stream_nests_inner_runs_and_applies_stop() -> None:
+    llm, proposer, aggregator = traced_ensemble()
+    runs = Runs()
+    stream = await llm.astream_events("q", version="v3", stop=["END"], config={"callbacks": [runs]})
+    assert (await stream).text == "agg: answer 1"
+    (root,) = [run_id for run_id, parent in runs.parent.items() if parent is None]
+    assert len(runs.inner_model_runs_of(root)) == 2
+    assert (proposer.stops, aggregator.stops) == ([None], [["END"]])
