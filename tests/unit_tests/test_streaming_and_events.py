@@ -1,10 +1,11 @@
-"""Streaming switches and progress events, with in-process fakes."""
+"""Streaming switches, progress events and the caller's run, with in-process fakes."""
 
 from __future__ import annotations
 
 from typing import Any
 from uuid import UUID, uuid4
 
+import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig
 
@@ -82,7 +83,7 @@ def test_progress_reports_failures() -> None:
     assert {"layer": 1, "succeeded": 1, "failed": 1, "kind": "layer_finished"} in seen
 
 
-# -- a streamed call keeps the caller's run, callbacks and stop --------------------------
+# -- a call keeps the caller's run, callbacks and stop -----------------------------------
 
 
 class Runs(BaseCallbackHandler):
@@ -172,4 +173,20 @@ async def test_async_v3_event_stream_nests_inner_runs_and_applies_stop() -> None
     assert (await stream).text == "agg: answer 1"
     (root,) = [run_id for run_id, parent in runs.parent.items() if parent is None]
     assert len(runs.inner_model_runs_of(root)) == 2
+    assert (proposer.stops, aggregator.stops) == ([None], [["END"]])
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["invoke", "ainvoke"])
+async def test_invoke_runs_under_the_callers_run_id_with_inner_runs_nested(is_async: bool) -> None:
+    llm, proposer, aggregator = traced_ensemble()
+    runs, run_id = Runs(), uuid4()
+    config: RunnableConfig = {"callbacks": [runs], "run_id": run_id}
+    if is_async:
+        result = await llm.ainvoke("q", config=config, stop=["END"])
+    else:
+        result = llm.invoke("q", config=config, stop=["END"])
+    assert result.content == "agg: answer 1"
+    assert runs.chat_models[0] == run_id
+    assert runs.parent[run_id] is None
+    assert len(runs.inner_model_runs_of(run_id)) == 2
     assert (proposer.stops, aggregator.stops) == ([None], [["END"]])
