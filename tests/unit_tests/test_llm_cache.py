@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from langchain_core.caches import InMemoryCache
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.runnables import RunnableConfig
 
 from langchain_moa import MoAChatModel
-from tests.unit_tests.fakes import RecordingChatModel
+from tests.unit_tests.fakes import RecordingChatModel, Runs
 
 
 class Team:
@@ -82,7 +84,21 @@ async def test_calls_differing_in_input_stop_or_arguments_are_cached_apart(
     await team.call("q", max_tokens=50)
     assert team.calls() == {"a": 5, "b": 5, "agg": 5}
     assert team.aggregator.stops == [None, None, ["END"], ["FIN"], None]
+    assert [k.get("max_tokens") for k in team.aggregator.call_kwargs] == [None] * 4 + [50]
     # Each of them is now kept.
     await team.call("q", stop=["FIN"])
     await team.call("q", max_tokens=50)
     assert team.calls() == {"a": 5, "b": 5, "agg": 5}
+
+
+@both_apis
+async def test_a_cached_ensemble_keeps_the_callers_run_and_stop(is_async: bool) -> None:
+    team = Team(is_async=is_async)
+    team.llm.inner_callbacks = "all"
+    runs, run_id = Runs(), uuid4()
+    config: RunnableConfig = {"callbacks": [runs], "run_id": run_id}
+    await team.call("q", config=config, stop=["END"])
+    assert runs.chat_models[0] == run_id
+    assert len(runs.inner_model_runs_of(run_id)) == 3  # two proposers and the aggregator
+    assert team.aggregator.stops == [["END"]]
+    assert [p.stops for p in team.proposers] == [[None], [None]]

@@ -10,7 +10,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.runnables import RunnableConfig
 
 from langchain_moa import PROGRESS_EVENT, MoAChatModel
-from tests.unit_tests.fakes import RecordingChatModel
+from tests.unit_tests.fakes import RecordingChatModel, Runs
 
 
 def ensemble(delay: float = 0.0, **kwargs: Any) -> MoAChatModel:
@@ -84,46 +84,6 @@ def test_progress_reports_failures() -> None:
 
 
 # -- a call keeps the caller's run, callbacks and stop -----------------------------------
-
-
-class Runs(BaseCallbackHandler):
-    """Records every run's parent, and which runs are chat model runs."""
-
-    def __init__(self) -> None:
-        self.parent: dict[UUID, UUID | None] = {}
-        self.chat_models: list[UUID] = []
-
-    def on_chain_start(
-        self,
-        serialized: Any,
-        inputs: Any,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.parent[run_id] = parent_run_id
-
-    def on_chat_model_start(
-        self,
-        serialized: Any,
-        messages: Any,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.parent[run_id] = parent_run_id
-        self.chat_models.append(run_id)
-
-    def inner_model_runs_of(self, root: UUID) -> list[UUID]:
-        """The chat model runs nested (at any depth) under ``root``."""
-
-        def under(run_id: UUID) -> bool:
-            parent = self.parent.get(run_id)
-            return parent is not None and (parent == root or under(parent))
-
-        return [run_id for run_id in self.chat_models if under(run_id)]
 
 
 def traced_ensemble() -> tuple[MoAChatModel, RecordingChatModel, RecordingChatModel]:
