@@ -146,6 +146,9 @@ async def test_invoke_runs_under_the_callers_run_id_with_inner_runs_nested(is_as
     else:
         result = llm.invoke("q", config=config, stop=["END"])
     assert result.content == "agg: answer 1"
+    # The answer is the ensemble's message, named after its run, not the aggregator's.
+    assert result.id is not None
+    assert str(run_id) in result.id
     assert runs.chat_models[0] == run_id
     assert runs.parent[run_id] is None
     assert len(runs.inner_model_runs_of(run_id)) == 2
