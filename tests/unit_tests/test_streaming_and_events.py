@@ -1,14 +1,16 @@
-"""Streaming switches and progress events, with in-process fakes."""
+"""Streaming switches, progress events and the caller's run, with in-process fakes."""
 
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
+import pytest
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.runnables import RunnableConfig
 
 from langchain_moa import PROGRESS_EVENT, MoAChatModel
-from tests.unit_tests.fakes import RecordingChatModel
+from tests.unit_tests.fakes import RecordingChatModel, Runs
 
 
 def ensemble(delay: float = 0.0, **kwargs: Any) -> MoAChatModel:
@@ -79,3 +81,75 @@ def test_progress_reports_failures() -> None:
     ]
     assert [p["model"] for p in failed] == ["down"]
     assert {"layer": 1, "succeeded": 1, "failed": 1, "kind": "layer_finished"} in seen
+
+
+# -- a call keeps the caller's run, callbacks and stop -----------------------------------
+
+
+def traced_ensemble() -> tuple[MoAChatModel, RecordingChatModel, RecordingChatModel]:
+    proposer, aggregator = RecordingChatModel(name="p"), RecordingChatModel(name="agg")
+    llm = MoAChatModel(proposers=[proposer], aggregator=aggregator, layers=2, inner_callbacks="all")
+    return llm, proposer, aggregator
+
+
+def test_stream_runs_under_the_callers_run_id_with_inner_runs_nested() -> None:
+    llm, proposer, aggregator = traced_ensemble()
+    runs, run_id = Runs(), uuid4()
+    chunks = list(llm.stream("q", config={"callbacks": [runs], "run_id": run_id}, stop=["END"]))
+    assert "".join(str(c.content) for c in chunks) == "agg: answer 1"
+    assert runs.chat_models[0] == run_id  # the ensemble's own run, as the caller named it
+    assert runs.parent[run_id] is None
+    assert len(runs.inner_model_runs_of(run_id)) == 2  # the proposer's and the aggregator's
+    assert (proposer.stops, aggregator.stops) == ([None], [["END"]])
+
+
+async def test_astream_runs_under_the_callers_run_id_with_inner_runs_nested() -> None:
+    llm, proposer, aggregator = traced_ensemble()
+    runs, run_id = Runs(), uuid4()
+    config: RunnableConfig = {"callbacks": [runs], "run_id": run_id}
+    chunks = [chunk async for chunk in llm.astream("q", config=config, stop=["END"])]
+    assert "".join(str(c.content) for c in chunks) == "agg: answer 1"
+    assert runs.chat_models[0] == run_id
+    assert runs.parent[run_id] is None
+    assert len(runs.inner_model_runs_of(run_id)) == 2
+    assert (proposer.stops, aggregator.stops) == ([None], [["END"]])
+
+
+def test_v3_event_stream_nests_inner_runs_and_applies_stop() -> None:
+    # stream_events(version="v3") hands _stream its run manager directly.
+    llm, proposer, aggregator = traced_ensemble()
+    runs = Runs()
+    stream = llm.stream_events("q", version="v3", stop=["END"], config={"callbacks": [runs]})
+    assert stream.output.text == "agg: answer 1"
+    (root,) = [run_id for run_id, parent in runs.parent.items() if parent is None]
+    assert len(runs.inner_model_runs_of(root)) == 2
+    assert (proposer.stops, aggregator.stops) == ([None], [["END"]])
+
+
+async def test_async_v3_event_stream_nests_inner_runs_and_applies_stop() -> None:
+    llm, proposer, aggregator = traced_ensemble()
+    runs = Runs()
+    stream = await llm.astream_events("q", version="v3", stop=["END"], config={"callbacks": [runs]})
+    assert (await stream).text == "agg: answer 1"
+    (root,) = [run_id for run_id, parent in runs.parent.items() if parent is None]
+    assert len(runs.inner_model_runs_of(root)) == 2
+    assert (proposer.stops, aggregator.stops) == ([None], [["END"]])
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["invoke", "ainvoke"])
+async def test_invoke_runs_under_the_callers_run_id_with_inner_runs_nested(is_async: bool) -> None:
+    llm, proposer, aggregator = traced_ensemble()
+    runs, run_id = Runs(), uuid4()
+    config: RunnableConfig = {"callbacks": [runs], "run_id": run_id}
+    if is_async:
+        result = await llm.ainvoke("q", config=config, stop=["END"])
+    else:
+        result = llm.invoke("q", config=config, stop=["END"])
+    assert result.content == "agg: answer 1"
+    # The answer is the ensemble's message, named after its run, not the aggregator's.
+    assert result.id is not None
+    assert str(run_id) in result.id
+    assert runs.chat_models[0] == run_id
+    assert runs.parent[run_id] is None
+    assert len(runs.inner_model_runs_of(run_id)) == 2
+    assert (proposer.stops, aggregator.stops) == ([None], [["END"]])
