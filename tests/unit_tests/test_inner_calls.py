@@ -1,8 +1,9 @@
-"""The sync call paths: retries, timeouts, cancellation, worker threads, slots."""
+"""Inner call helpers: retries, timeouts, cancellation, worker threads, slots."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,8 +16,10 @@ from langchain_moa.resilience import (
     AggregatorTimeoutError,
     CallLimits,
     ConcurrencyLimit,
+    ProposerTimeoutError,
     RetryPolicy,
     RunCancelledError,
+    call_async,
     call_in_thread,
     call_sync,
 )
@@ -181,6 +184,69 @@ def test_sync_path_calls_run_on_a_daemon_loop_thread() -> None:
         return thread.name, thread.daemon
 
     assert call_sync(where, CallLimits(retry=quick(0))) == ("moa-calls", True)
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs POSIX interval timers")
+def test_interrupting_a_sync_caller_cancels_its_call_for_real() -> None:
+    # Ctrl-C in the waiting thread must not leave the call running on the shared loop.
+    assert threading.current_thread() is threading.main_thread()
+    cancelled = threading.Event()
+
+    async def slow() -> str:
+        try:
+            await asyncio.sleep(HANG_S)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "too late"
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            call_sync(slow, CallLimits(retry=quick(0)))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert cancelled.wait(5.0)
+
+
+async def test_an_unbounded_async_call_is_cancelled_when_the_caller_goes_away() -> None:
+    cancelled = threading.Event()
+
+    async def slow() -> str:
+        await asyncio.sleep(HANG_S)
+        return "too late"
+
+    timer = threading.Timer(0.2, cancelled.set)
+    timer.start()
+    try:
+        with pytest.raises(RunCancelledError):
+            await call_async(slow, CallLimits(retry=quick(0), cancelled=cancelled))
+    finally:
+        timer.cancel()
+
+
+async def test_a_timed_out_async_call_is_cancelled_before_the_caller_hears_of_it() -> None:
+    # By the time the timeout error arrives, the call has stopped and freed its slot.
+    stopped: list[str] = []
+    limit = ConcurrencyLimit(1)
+
+    async def slow() -> str:
+        try:
+            await asyncio.sleep(HANG_S)
+        finally:
+            stopped.append("stopped")
+        return "too late"
+
+    limits = CallLimits(retry=quick(0), timeout=0.2, limit=limit)
+    with pytest.raises(ProposerTimeoutError):
+        await call_async(slow, limits)
+    assert stopped == ["stopped"]
+    assert Acquirer(limit).holds_after(5.0)
 
 
 class Acquirer:
