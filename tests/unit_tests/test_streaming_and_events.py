@@ -153,3 +153,80 @@ async def test_invoke_runs_under_the_callers_run_id_with_inner_runs_nested(is_as
     assert runs.parent[run_id] is None
     assert len(runs.inner_model_runs_of(run_id)) == 2
     assert (proposer.stops, aggregator.stops) == ([None], [["END"]])
+
+
+# -- what LangSmith and LangGraph see of the ensemble's own run -----------------------------
+
+
+class Starts(BaseCallbackHandler):
+    """Records the metadata of every chat model run."""
+
+    def __init__(self) -> None:
+        self.metadata: dict[UUID, dict[str, Any]] = {}
+
+    def on_chat_model_start(
+        self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        self.metadata[run_id] = dict(kwargs.get("metadata") or {})
+
+
+def ls_params_of_the_ensembles_run(llm: MoAChatModel, **call: Any) -> dict[str, Any]:
+    starts, run_id = Starts(), uuid4()
+    llm.invoke("q", config={"callbacks": [starts], "run_id": run_id}, **call)
+    params = {k: v for k, v in starts.metadata[run_id].items() if k.startswith("ls_")}
+    params.pop("ls_integration", None)  # added by langchain-core, not by the ensemble
+    return params
+
+
+def test_the_ensembles_run_names_its_provider_model_and_settings_for_langsmith() -> None:
+    assert ls_params_of_the_ensembles_run(ensemble()) == {
+        "ls_provider": "langchain-moa",
+        "ls_model_name": "mixture-of-agents",
+        "ls_model_type": "chat",
+    }
+    configured = ensemble(model="my-moa", temperature=0.3, max_tokens=77, stop_sequences=["X"])
+    assert ls_params_of_the_ensembles_run(configured) == {
+        "ls_provider": "langchain-moa",
+        "ls_model_name": "my-moa",
+        "ls_model_type": "chat",
+        "ls_temperature": 0.3,
+        "ls_max_tokens": 77,
+        "ls_stop": ["X"],
+    }
+    # Per-call settings are what the run used.
+    per_call = ls_params_of_the_ensembles_run(ensemble(), temperature=0.9, max_tokens=5, stop=["Y"])
+    assert (per_call["ls_temperature"], per_call["ls_max_tokens"], per_call["ls_stop"]) == (
+        0.9,
+        5,
+        ["Y"],
+    )
+
+
+def streamed_under_messages_mode(llm: MoAChatModel, runs: Runs) -> tuple[list[Any], UUID]:
+    """Invoke ``llm`` in a LangGraph node, streamed with ``stream_mode="messages"``."""
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    def node(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [llm.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState).add_node("moa", node)
+    graph = graph.add_edge(START, "moa").add_edge("moa", END).compile()
+    chunks = [
+        chunk
+        for chunk, _ in graph.stream(
+            {"messages": [("user", "q")]}, config={"callbacks": [runs]}, stream_mode="messages"
+        )
+    ]
+    ensemble_run = runs.chat_models[0]  # the ensemble starts before its inner models
+    return chunks, ensemble_run
+
+
+def test_an_invoke_in_a_graph_streams_its_answer_and_nests_its_inner_runs() -> None:
+    # LangGraph's messages mode makes LangChain stream the invoke implicitly; the
+    # ensemble's run must stay the parent of the inner models' runs.
+    llm, _, _ = traced_ensemble()
+    runs = Runs()
+    chunks, ensemble_run = streamed_under_messages_mode(llm, runs)
+    assert "".join(str(c.content) for c in chunks) == "agg: answer 1"
+    assert len([c for c in chunks if c.content]) > 1  # token by token, not one message
+    assert len(runs.inner_model_runs_of(ensemble_run)) == 2
