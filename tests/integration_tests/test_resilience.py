@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from langchain_moa import AggregatorFailedError, MoAChatModel, ProposersFailedError
 from langchain_moa.testing import ModelBehavior, OpenAISimulator
 from langchain_moa.testing.answers import parse_references
+from tests.simulated_usage import aggregator_usage, proposer_usage
 
 FAST_RETRY = {"retry_base_delay": 0.05, "retry_max_delay": 2.0}
 
@@ -317,3 +318,19 @@ def test_api_keys_never_leak(openai_simulator: OpenAISimulator) -> None:
         llm.invoke("q")
     assert SECRET not in str(caught.value)
     assert SECRET not in repr(caught.value.proposals)
+
+
+async def test_a_streamed_fallback_answer_counts_the_fallbacks_tokens(
+    openai_simulator: OpenAISimulator,
+) -> None:
+    # The backup is a ChatOpenAI on a custom base URL, which does not ask for stream
+    # usage by itself: the ensemble must ask, or the streamed usage loses its tokens.
+    openai_simulator.set_behavior("sfb-agg", ModelBehavior(error_status=401))
+    backup = openai_simulator.chat_model("sfb-backup")
+    llm = team(openai_simulator, "sfb", fallback_aggregator=backup)
+    chunks = [chunk async for chunk in llm.astream("q")]
+    text = "".join(str(c.content) for c in chunks)
+    assert text == "sfb-backup read 3 references [sfb-p0, sfb-p1, sfb-p2] and answers: q"
+    total = sum(c.usage_metadata["total_tokens"] for c in chunks if c.usage_metadata)
+    expected = 3 * proposer_usage("q")["total_tokens"] + aggregator_usage("q", 3)["total_tokens"]
+    assert total == expected

@@ -55,3 +55,13 @@ def test_the_readme_shows_the_current_graph() -> None:
         "README's Mermaid diagram is stale: paste the output of "
         "llm.graph.get_graph(xray=True).draw_mermaid() for 3 proposers, 3 layers"
     )
+
+
+def test_the_graph_takes_messages_and_declares_its_run_options_as_context() -> None:
+    from langchain_moa.engine import RunOptions
+    from tests.unit_tests.fakes import RecordingChatModel
+
+    llm = MoAChatModel(proposers=[RecordingChatModel(name="a")], aggregator=RecordingChatModel())
+    # What LangGraph tools (Studio, the server's assistants API) show a caller.
+    assert sorted(llm.graph.get_input_jsonschema()["properties"]) == ["messages"]
+    assert llm.graph.context_schema is RunOptions
