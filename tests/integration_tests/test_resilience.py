@@ -326,7 +326,7 @@ async def test_a_streamed_fallback_answer_counts_the_fallbacks_tokens(
     # The backup is a ChatOpenAI on a custom base URL, which does not ask for stream
     # usage by itself: the ensemble must ask, or the streamed usage loses its tokens.
     openai_simulator.set_behavior("sfb-agg", ModelBehavior(error_status=401))
-    backup = openai_simulator.chat_model("sfb-backup")
+    backup = openai_simulator.chat_model("sfb-backup", stream_usage=False)
     llm = team(openai_simulator, "sfb", fallback_aggregator=backup)
     chunks = [chunk async for chunk in llm.astream("q")]
     text = "".join(str(c.content) for c in chunks)
