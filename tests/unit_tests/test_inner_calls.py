@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 import openai
@@ -26,6 +27,18 @@ from langchain_moa.resilience import (
 
 HANG_S = 10.0
 """How long a hung fake call blocks at most (so a failing test still ends)."""
+
+
+@contextmanager
+def caller_goes_away_after(seconds: float) -> Iterator[threading.Event]:
+    """The ``cancelled`` event of a caller that leaves after ``seconds``."""
+    cancelled = threading.Event()
+    timer = threading.Timer(seconds, cancelled.set)
+    timer.start()
+    try:
+        yield cancelled
+    finally:
+        timer.cancel()
 
 
 def status_error(status: int, headers: dict[str, str] | None = None) -> openai.APIStatusError:
@@ -121,15 +134,8 @@ def test_an_unbounded_sync_call_is_cancelled_when_the_caller_goes_away(
     hang: tuple[Callable[[], str], list[threading.Thread]],
 ) -> None:
     hung, threads = hang
-    cancelled = threading.Event()
-    limits = CallLimits(retry=quick(0), cancelled=cancelled)
-    timer = threading.Timer(0.2, cancelled.set)
-    timer.start()
-    try:
-        with pytest.raises(RunCancelledError) as raised:
-            call_in_thread(hung, limits)
-    finally:
-        timer.cancel()
+    with caller_goes_away_after(0.2) as cancelled, pytest.raises(RunCancelledError) as raised:
+        call_in_thread(hung, CallLimits(retry=quick(0), cancelled=cancelled))
     assert str(raised.value) == "the caller went away; the call was cancelled"
     assert [thread.name for thread in threads] == ["moa-sync-call"]
 
@@ -165,16 +171,11 @@ def test_a_sync_caller_going_away_is_freed_even_if_the_call_blocks_its_loop() ->
         unblock.wait(HANG_S)
         return "too late"
 
-    cancelled = threading.Event()
-    limits = CallLimits(retry=quick(0), cancelled=cancelled)
-    timer = threading.Timer(0.2, cancelled.set)
-    timer.start()
     try:
-        with pytest.raises(RunCancelledError) as raised:
-            call_sync(blocking, limits)
+        with caller_goes_away_after(0.2) as cancelled, pytest.raises(RunCancelledError) as raised:
+            call_sync(blocking, CallLimits(retry=quick(0), cancelled=cancelled))
     finally:
         unblock.set()
-        timer.cancel()
     assert str(raised.value) == "the caller went away; the call was cancelled"
 
 
@@ -215,19 +216,13 @@ def test_interrupting_a_sync_caller_cancels_its_call_for_real() -> None:
 
 
 async def test_an_unbounded_async_call_is_cancelled_when_the_caller_goes_away() -> None:
-    cancelled = threading.Event()
 
     async def slow() -> str:
         await asyncio.sleep(HANG_S)
         return "too late"
 
-    timer = threading.Timer(0.2, cancelled.set)
-    timer.start()
-    try:
-        with pytest.raises(RunCancelledError):
-            await call_async(slow, CallLimits(retry=quick(0), cancelled=cancelled))
-    finally:
-        timer.cancel()
+    with caller_goes_away_after(0.2) as cancelled, pytest.raises(RunCancelledError):
+        await call_async(slow, CallLimits(retry=quick(0), cancelled=cancelled))
 
 
 async def test_a_timed_out_async_call_is_cancelled_before_the_caller_hears_of_it() -> None:
