@@ -15,7 +15,7 @@ import base64
 import binascii
 import re
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_moa.state import Proposal
@@ -72,6 +72,15 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], _Replacement], ...] = (
             rf"(?i){_ALNUM_BEFORE}(?P<head>(?:x-)?(?:(?:api|access|auth|secret|private|client"
             r"|refresh|session)[_-]?(?:key|token|secret)|apikey|password|passwd)"
             rf"[\"']?\s*[:=]\s*[\"']?){_NOT_MASKED}[^\s\"',;&)}}\]]{{4,}}"
+        ),
+        rf"\g<head>{REDACTED}",
+    ),
+    # Bare names: token=..., key=..., secret=..., and "token": "..." in JSON.
+    (
+        re.compile(
+            r"(?i)(?<![A-Za-z0-9_-])(?P<head>(?:token|key|secret|pwd|passphrase)\s*=\s*[\"']?"
+            r"|[\"'](?:token|key|secret|pwd|passphrase)[\"']\s*:\s*[\"'])"
+            rf"{_NOT_MASKED}[^\s\"',;&)}}\]]{{4,}}"
         ),
         rf"\g<head>{REDACTED}",
     ),
@@ -157,7 +166,21 @@ def describe_error(error: BaseException) -> str:
 
 
 class MoAError(Exception):
-    """Base class of the errors raised by a Mixture-of-Agents run."""
+    """Base class of the errors raised by a Mixture-of-Agents run.
+
+    Every subclass pickles and deep-copies with its attributes (a process pool
+    hands it back whole), whatever its ``__init__`` takes.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_error, (type(self), self.args), dict(vars(self)))
+
+
+def _rebuild_error(cls: type[MoAError], args: tuple[Any, ...]) -> MoAError:
+    """Unpickle a :class:`MoAError` without calling its ``__init__`` (the state follows)."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    return error
 
 
 class ProviderError(MoAError):
@@ -196,23 +219,6 @@ class ProviderError(MoAError):
 
     def __str__(self) -> str:
         return self._text()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        keywords = {
-            "status_code": self.status_code,
-            "retry_after": self.retry_after,
-            "request_id": self.request_id,
-        }
-        notes = getattr(self, "__notes__", None)
-        state = {"__notes__": list(notes)} if notes else None
-        return (_rebuild_provider_error, (self.type_name, self.message, keywords), state)
-
-
-def _rebuild_provider_error(
-    type_name: str, message: str, keywords: Mapping[str, Any]
-) -> ProviderError:
-    """Unpickle a :class:`ProviderError` (its ``__init__`` takes keywords)."""
-    return ProviderError(type_name, message, **keywords)
 
 
 def _response_of(error: BaseException) -> Any:

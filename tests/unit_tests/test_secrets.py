@@ -54,6 +54,11 @@ POSITIVE = [
     ("password: hunter22", "hunter22"),
     ("https://alice:hunter22@proxy.example.com:8080/", "hunter22"),
     ("mistral key aB3dE5gH7jK9mN1pQ3rS5tU7vW9xY1zA2", "aB3dE5gH7jK9mN1pQ3rS5tU7vW9xY1zA2"),
+    ("https://proxy.example.com/v1?token=opaque-value-1&x=2", "opaque-value-1"),
+    ("GET /stream?key=plainsecret HTTP/1.1", "plainsecret"),
+    ('{"token": "abcd1234efgh"}', "abcd1234efgh"),
+    ("secret=letmein99", "letmein99"),
+    ("pwd=hunter22", "hunter22"),
 ]
 
 # Texts that must come back unchanged.
@@ -69,6 +74,7 @@ NEGATIVE = [
     "Error code: 429 - rate limit exceeded, retry in 20s",
     "model gpt-4o-mini, temperature 0.7, max_tokens=512",
     "deadbeef cafe 1234567890",
+    "monkey=banana; hotkey=ctrl; max_tokens=512",
 ]
 
 
