@@ -25,19 +25,17 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.tools import tool
-from pydantic import BaseModel
 
 import langchain_moa
 from langchain_moa import MoAChatModel
 from langchain_moa import loop_clients as loop_clients_module
 from langchain_moa.testing import ModelBehavior, OpenAISimulator
+from tests.integration_tests.test_structured_output import Joke, magic_function
 
 pytestmark = pytest.mark.timeout(150, method="thread")
 
@@ -79,18 +77,6 @@ def streamed(llm: MoAChatModel) -> str:
 
 async def astreamed(llm: MoAChatModel) -> str:
     return "".join([chunk.text async for chunk in llm.astream(Q)])
-
-
-@pytest.fixture
-def keep_alive_simulator() -> Iterator[OpenAISimulator]:
-    """A simulator that keeps connections open between requests, as providers do.
-
-    A pooled connection belongs to the event loop that opened it, so this is
-    what shows an HTTP client shared between loops. One per test: its base URL
-    is new, and langchain_openai shares its HTTP clients by base URL.
-    """
-    with OpenAISimulator(keep_alive=True) as simulator:
-        yield simulator
 
 
 # -- 1. forked children ------------------------------------------------------------
@@ -199,19 +185,6 @@ def test_sync_and_async_calls_take_turns(
     assert first
     assert [r.content for r in results] == [first] * 4
     assert texts == [first] * 4
-
-
-class Joke(BaseModel):
-    """A joke."""
-
-    setup: str
-    punchline: str
-
-
-@tool
-def magic_function(input: int) -> int:
-    """Apply a magic function to an input."""
-    return input + 2
 
 
 def test_structured_output_and_tools_on_a_second_loop(
