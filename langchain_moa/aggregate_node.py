@@ -43,7 +43,6 @@ class _Streamed:
 
     proposer: Proposer
     on_chunk: Callable[[AIMessageChunk], None] | None
-    model: Runnable | None
 
     @property
     def index(self) -> int:
@@ -54,7 +53,7 @@ class _Streamed:
         return self.proposer.label
 
     async def ainvoke(self, state: MoAState, config: RunnableConfig) -> dict:
-        return await self.proposer.astreamed(state, config, self.on_chunk, self.model)  # type: ignore[arg-type]
+        return await self.proposer.astreamed(state, config, self.on_chunk)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -96,10 +95,7 @@ class _NodeLayer:
         run) is not called; its record says so.
         """
         proposer = self.proposers[index]
-        copy = None
-        if self.job.on_background:
-            copy = proposer.background.for_model(proposer.model)
-        _, guarded = self.controls.guard(_Streamed(proposer, on_chunk, copy))
+        _, guarded = self.controls.guard(_Streamed(proposer, on_chunk))
         update = await guarded(self.job.state, self.config)
         self.notes = merge_notes(self.notes, update.get(CONTROLS))
         return update["proposals"][0]

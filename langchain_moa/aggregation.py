@@ -259,7 +259,6 @@ class AggregationJob:
         self.layer = layer
         self.failures: list[tuple[str, Exception]] = []
         self.new_proposals: list[Proposal] = []
-        self.on_background = False
         self._writer = get_stream_writer()
         self._answer_writer = FirstToken(self._writer)
         self._current = 0
@@ -356,8 +355,6 @@ class AggregationJob:
         failures: list[tuple[str, Exception]] = []
         for position, model in self._candidates():
             call = self._call(request, model)
-            if self.on_background:
-                call.model = self.background.for_model(model) or model
             try:
                 answer = await self._run_async(call, request.consume)
             except Exception as error:
@@ -373,10 +370,8 @@ class AggregationJob:
     ) -> Aggregated:
         """Run an async strategy for a sync caller, on the shared background loop.
 
-        Inner calls there use the models' background copies; the whole run is
-        cancelled when the caller goes away.
+        The whole run is cancelled when the caller goes away.
         """
-        self.on_background = True
         limits = CallLimits(retry=RetryPolicy(max_retries=0), cancelled=self.options.cancelled)
         return call_sync(lambda: aggregate(self), limits)
 
@@ -446,8 +441,11 @@ class AggregationJob:
     async def _run_async(call: InnerCall, consume: Consume | None) -> BaseMessage:
         if consume is None:
             return await call.run_async()
-        runnable = call.build(call.model)
-        return await call_async(lambda: consume(runnable, call), call.limits)
+
+        async def attempt() -> BaseMessage:
+            return await consume(await call.runnable_on_loop(), call)
+
+        return await call_async(attempt, call.limits)
 
     def _answered(
         self,

@@ -1,9 +1,10 @@
 """One inner model call, as a graph node makes it: sync or async, streamed or not.
 
 Every call goes through ``resilience`` (retries, timeouts, the concurrency
-bound, cancellation). On the sync path a call runs on the background event
-loop with a copy of the model that owns its HTTP client, or, for models where
-that cannot be done, in a worker thread. A streamed answer is written to the
+bound, cancellation). A call made on an event loop, the caller's or the sync
+path's background loop, uses a copy of its model with that loop's own HTTP
+client (``loop_clients``); on the sync path, models for which that cannot be
+done run in a worker thread. A streamed answer is written to the
 graph's stream chunk by chunk; once content went out it can no longer be
 retried or handed to a fallback, and a failure then says so and keeps the
 partial text. An answer that is empty, or that ends without the provider
@@ -12,7 +13,6 @@ saying it is complete, is a failure, not a success.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import merge_configs
 
 from langchain_moa.events import AnswerToken
-from langchain_moa.inner_models import background_copy
+from langchain_moa.loop_clients import on_running_loop, uses_loop_clients
 from langchain_moa.resilience import CallLimits, call_async, call_in_thread, call_sync
 
 # LangGraph's own entries of a node's ``configurable``; not settings of the
@@ -133,8 +133,14 @@ class InnerCall:
 
     def run_async(self) -> Any:
         """The awaitable of the call on the caller's event loop."""
-        runnable = self.build(self.model)
-        return self._guarded(call_async(lambda: self._acall(runnable), self.limits))
+        return self._guarded(call_async(lambda: self._acall(self.model), self.limits))
+
+    async def runnable_on_loop(self, model: Runnable | None = None) -> Runnable:
+        """The runnable of one attempt on the running loop (``model``: the call's own).
+
+        Built from the model's copy with the loop's own HTTP client.
+        """
+        return self.build(await on_running_loop(self.model if model is None else model))
 
     async def _guarded(self, call: Any) -> BaseMessage:
         try:
@@ -149,13 +155,12 @@ class InnerCall:
         """Run the call from a sync caller.
 
         Args:
-            background: The model's copy for the background loop, or ``None``
+            background: The model to run on the background loop, or ``None``
                 (then the call runs in a worker thread).
         """
         try:
             if background is not None:
-                runnable = self.build(background)
-                return call_sync(lambda: self._acall(runnable), self.limits)
+                return call_sync(lambda: self._acall(background), self.limits)
             runnable = self.build(self.model)
             return call_in_thread(lambda: self._call(runnable), self.limits)
         except Exception as error:
@@ -176,7 +181,8 @@ class InnerCall:
             return error
         return StreamBrokenError(error, streamed)
 
-    async def _acall(self, runnable: Runnable) -> BaseMessage:
+    async def _acall(self, model: Runnable) -> BaseMessage:
+        runnable = await self.runnable_on_loop(model)
         if self.writer is None:
             try:
                 answer = await runnable.ainvoke(self.messages, self.config)
@@ -256,17 +262,8 @@ def _consume(stream: Iterator[AIMessageChunk], call: InnerCall) -> BaseMessage:
 
 
 class BackgroundModels:
-    """Each inner model's copy for the sync path's background loop, made on first use."""
-
-    def __init__(self) -> None:
-        self._copies: dict[int, tuple[Runnable, Runnable | None]] = {}
-        self._lock = threading.Lock()
+    """Which inner models the sync path runs on its background loop."""
 
     def for_model(self, model: Runnable) -> Runnable | None:
-        """The copy of ``model`` with its own async client, or ``None``."""
-        with self._lock:
-            known = self._copies.get(id(model))
-            if known is None or known[0] is not model:
-                known = (model, background_copy(model))
-                self._copies[id(model)] = known
-            return known[1]
+        """``model`` if it runs on the background loop (with its own client), else ``None``."""
+        return model if uses_loop_clients(model) else None

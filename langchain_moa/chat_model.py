@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 from langchain_core.callbacks import (
@@ -49,7 +49,7 @@ from langchain_moa.prompts import (
     ReferenceFormat,
 )
 from langchain_moa.resilience import ConcurrencyLimit, RetryPolicy
-from langchain_moa.runs import GraphRun
+from langchain_moa.runs import GraphRun, in_run_group, iter_in_run_group
 from langchain_moa.selection import SelectionStrategy
 from langchain_moa.state import MoAState
 from langchain_moa.strategies import Rank, resolve_aggregation
@@ -692,6 +692,36 @@ class MoAChatModel(BaseChatModel):
         )
         async for item in run.aiterate():
             yield (item if isinstance(item, ChatGenerationChunk) else self._final_chunk(item))
+
+    # -- batches that Ctrl-C ends ------------------------------------------------
+
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """``Runnable.batch``; Ctrl-C cancels every call's inner requests at once.
+
+        LangChain's batch waits for its calls on the way out, so the calls are
+        told first (a ``runs.RunGroup``).
+        """
+        batch = partial(super().batch, return_exceptions=return_exceptions, **kwargs)
+        return in_run_group(partial(batch, inputs, config))
+
+    def batch_as_completed(
+        self,
+        inputs: Sequence[LanguageModelInput],
+        config: RunnableConfig | Sequence[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> Iterator[tuple[int, AIMessage | Exception]]:
+        """``Runnable.batch_as_completed``; Ctrl-C or closing it cancels the calls at once."""
+        batch = partial(super().batch_as_completed, return_exceptions=return_exceptions, **kwargs)
+        yield from iter_in_run_group(partial(batch, inputs, config))
 
     # -- handing the run over to _stream ---------------------------------------
 

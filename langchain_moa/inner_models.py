@@ -9,7 +9,6 @@ them, so the wrapper's own behaviour (retries, bound arguments) still applies.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.base import RunnableBindingBase
 
-from langchain_moa._compat import llm_string, ls_model_name, openai_root_async_client
+from langchain_moa._compat import llm_string, ls_model_name
 
 InnerModel = Runnable
 """A chat model, or a runnable that wraps one (``.bind``, ``.with_retry``, ...)."""
@@ -83,38 +82,6 @@ def with_settings(model: Runnable, **updates: Any) -> Runnable:
         return inner.model_copy(update=changed) if changed else inner
 
     return rewrap(model, change)
-
-
-def background_copy(model: Runnable) -> Runnable | None:
-    """A copy of ``model`` with its own async HTTP client, for another event loop.
-
-    ``langchain_openai`` shares one async HTTP client among its models, bound
-    to whichever event loop uses it; the sync path's background loop must not
-    share it with the caller's loops. Returns ``None`` for models this cannot
-    be done for (they run in worker threads on the sync path).
-    """
-    inner = chat_model_of(model)
-    root = openai_root_async_client(inner) if inner is not None else None
-    if root is None:
-        return None
-    private_root = root.with_options(http_client=_background_http_client())
-    updates = {"root_async_client": private_root, "async_client": private_root.chat.completions}
-    return rewrap(model, lambda m: m.model_copy(update=updates))
-
-
-_HTTP_CLIENT: Any = None
-_HTTP_CLIENT_LOCK = threading.Lock()
-
-
-def _background_http_client() -> Any:
-    """The async HTTP client of the background loop's model copies (one, made once)."""
-    global _HTTP_CLIENT
-    with _HTTP_CLIENT_LOCK:
-        if _HTTP_CLIENT is None:
-            import openai
-
-            _HTTP_CLIENT = openai.DefaultAsyncHttpxClient()
-        return _HTTP_CLIENT
 
 
 def model_label(model: Runnable) -> str:

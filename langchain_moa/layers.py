@@ -148,7 +148,6 @@ class Proposer:
         state: LayerState,
         config: RunnableConfig,
         on_chunk: Callable[[AIMessageChunk], None] | None,
-        model: Runnable | None = None,
     ) -> dict:
         """Answer as ``ainvoke`` does, streamed to ``on_chunk``; return the update.
 
@@ -156,14 +155,10 @@ class Proposer:
             state: The state the proposer reads (with its layer's ``layer_run``).
             config: The node's config.
             on_chunk: Gets every chunk as it arrives (``None``: not streamed).
-            model: The model to call instead of the proposer's own (its copy
-                for the background loop).
         """
         call = self._call(state, config)
         if on_chunk is not None:
             call.writer = lambda token: on_chunk(token.chunk)
-        if model is not None:
-            call.model = model
         try:
             answer = await call.run_async()
         except Exception as error:

@@ -6,7 +6,10 @@ runs it on one shared background event loop and waits, so that a call that
 times out, is cut at a layer deadline, or whose caller went away (a closed
 stream, Ctrl-C) is cancelled for real instead of leaving a thread blocked on it.
 Models that cannot run on that loop without sharing an HTTP client with the
-caller's loops run in a worker thread instead (see ``clients``).
+caller's loops run in a worker thread instead (see ``calls``).
+
+A forked child starts a background loop of its own and forgets the slots and
+locks of its parent's calls (see ``forking``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -24,6 +28,8 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
+
+from langchain_moa.forking import after_fork_in_child, orphan
 
 T = TypeVar("T")
 
@@ -197,6 +203,11 @@ class ConcurrencyLimit:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self._forget_calls()
+        _LIMITS.add(self)
+
+    def _forget_calls(self) -> None:
+        """No slot in use, no waiter (new, and in a forked child: the parent's calls are not)."""
         self._in_use = 0
         self._waiters: deque[Callable[[], bool]] = deque()
         self._lock = threading.Lock()
@@ -258,6 +269,10 @@ class ConcurrencyLimit:
 
         if not self._take_or_wait(grant):
             event.wait()
+
+
+_LIMITS: weakref.WeakSet[ConcurrencyLimit] = weakref.WeakSet()
+"""Every live concurrency limit, for a forked child to free their slots."""
 
 
 def _settle(future: asyncio.Future[None]) -> None:
@@ -500,3 +515,19 @@ def _background_loop() -> _BackgroundLoop:
         if _LOOP is None:
             _LOOP = _BackgroundLoop()
         return _LOOP
+
+
+@after_fork_in_child
+def _forget_parent_threads() -> None:
+    """In a forked child: a background loop of its own, free locks and slots.
+
+    The parent's loop thread did not survive the fork; its calls never end in
+    the child, so the slots they hold are freed.
+    """
+    global _LOOP
+    if _LOOP is not None:
+        orphan(_LOOP)
+        _LOOP = None
+    LAYER_WATCHES._lock = threading.Lock()
+    for limit in list(_LIMITS):
+        limit._forget_calls()

@@ -5,7 +5,8 @@ final state. A sync run streams in a thread of its own and an async run in a
 task, each inside the context prepared for inner calls, so that the caller only
 waits for the next item: a closed stream, Ctrl-C or a cancelled task reaches it
 at once. Progress goes to the caller's handlers and to the ``custom`` stream of
-the LangGraph node the ensemble runs in.
+the LangGraph node the ensemble runs in. The sync runs of one ``batch`` form a
+:class:`RunGroup`, which its caller's going away (Ctrl-C) cancels at once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackManager, CallbackManager
@@ -30,6 +31,7 @@ from langchain_moa.callbacks import child_manager, inner_context, run_parent
 from langchain_moa.events import AnswerToken
 from langchain_moa.graph import RunOptions
 from langchain_moa.report import annotate
+from langchain_moa.resilience import RunCancelledError
 from langchain_moa.state import MoAState
 from langchain_moa.strategies import resolve_aggregation
 from langchain_moa.validation import check_call_kwargs, check_conversation
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 
 PROGRESS_EVENT = "moa_progress"
 """Name of the custom callback event that carries progress (see ``events``)."""
+
+T = TypeVar("T")
 
 
 class Progress:
@@ -123,10 +127,20 @@ def token_chunk(token: AnswerToken) -> ChatGenerationChunk:
     )
 
 
+class Cancellable(Protocol):
+    """What a caller sets when it goes away: a run's event, or a run group."""
+
+    def set(self) -> None:
+        """Cancel."""
+
+    def is_set(self) -> bool:
+        """Whether it was cancelled."""
+
+
 def iter_in_thread(
-    context: contextvars.Context, make: Callable[[], Iterator[Any]], cancelled: threading.Event
-) -> Iterator[Any]:
-    """Iterate a sync graph stream that runs in a thread of its own, inside ``context``.
+    context: contextvars.Context, make: Callable[[], Iterator[T]], cancelled: Cancellable
+) -> Iterator[T]:
+    """Iterate a sync iterator (a graph stream, a batch) in a thread of its own, in ``context``.
 
     The caller only waits on a queue, so a closed stream or Ctrl-C reaches it at
     once; it then sets ``cancelled``, which stops the inner calls, and waits for
@@ -196,6 +210,69 @@ async def aiter_in_context(
         await asyncio.gather(task, return_exceptions=True)
 
 
+class RunGroup:
+    """The sync runs started within one call of ``batch``: cancelled together.
+
+    A run joins the group of the context it starts in; LangChain's batch runs
+    each call in a copy of the caller's context, so every call's run joins.
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[threading.Event] = []
+        self._cancelled = False
+        self._lock = threading.Lock()
+
+    def join(self, cancelled: threading.Event) -> None:
+        """Add a run (its ``RunOptions.cancelled``), before it calls any provider.
+
+        Raises:
+            RunCancelledError: The group was cancelled: the run must not start.
+        """
+        with self._lock:
+            if self._cancelled:
+                msg = "the caller went away before this call started"
+                raise RunCancelledError(msg)
+            self._runs.append(cancelled)
+
+    def set(self) -> None:
+        """Cancel every run of the group; later runs cannot join it."""
+        with self._lock:
+            self._cancelled = True
+            for run in self._runs:
+                run.set()
+
+    def is_set(self) -> bool:
+        """Whether the group was cancelled."""
+        return self._cancelled
+
+
+_RUN_GROUP: contextvars.ContextVar[RunGroup | None] = contextvars.ContextVar(
+    "moa_run_group", default=None
+)
+
+
+def iter_in_run_group(make: Callable[[], Iterator[T]]) -> Iterator[T]:
+    """Iterate ``make()`` in a thread of its own, in a new :class:`RunGroup`.
+
+    The caller only waits, so Ctrl-C reaches it at once; the group's runs are
+    then cancelled (their inner requests closed) before the exception goes on.
+    """
+    group = RunGroup()
+    context = contextvars.copy_context()
+    context.run(_RUN_GROUP.set, group)
+    yield from iter_in_thread(context, make, group)
+
+
+def in_run_group(call: Callable[[], T]) -> T:
+    """Return ``call()``, run as :func:`iter_in_run_group` iterates."""
+
+    def once() -> Iterator[T]:
+        yield call()
+
+    [result] = iter_in_run_group(once)
+    return result
+
+
 @dataclass
 class GraphRun:
     """One call's run of the ensemble's graph, prepared from the call's arguments.
@@ -237,6 +314,8 @@ class GraphRun:
         # the caller's objects.
         inputs = {"messages": [m.model_copy() for m in messages]}
         options = run_options(model, stop, kwargs, stream=stream)
+        if not is_async and (group := _RUN_GROUP.get()) is not None:
+            group.join(options.cancelled)  # type: ignore[arg-type]
         manager_cls = AsyncCallbackManager if is_async else CallbackManager
         return cls(
             graph=model.graph,

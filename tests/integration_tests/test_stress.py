@@ -228,18 +228,6 @@ def streamed_request(sim: OpenAISimulator, model: str) -> bool:
 # -- 1. sync and async calls on one ensemble -------------------------------------
 
 
-@pytest.fixture
-def keep_alive_simulator() -> Iterator[OpenAISimulator]:
-    """A simulator that keeps connections open between requests, as providers do.
-
-    A pooled connection belongs to the event loop that opened it, so this is
-    what shows an HTTP client shared between loops. One per test: its base URL
-    is new, and langchain_openai shares its HTTP clients by base URL.
-    """
-    with OpenAISimulator(keep_alive=True) as simulator:
-        yield simulator
-
-
 async def test_async_and_sync_calls_share_one_ensemble(
     keep_alive_simulator: OpenAISimulator,
 ) -> None:
