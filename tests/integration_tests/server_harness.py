@@ -15,12 +15,15 @@ _START_TIMEOUT_S = 30.0
 
 
 @contextmanager
-def serve_app(app: Any) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 (a free port) and yield its ``/v1`` base URL."""
+def serve_app(app: Any, **options: Any) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (a free port) and yield its ``/v1`` base URL.
+
+    ``options`` go to ``uvicorn.Config`` (e.g. ``connection_options(...)``).
+    """
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
