@@ -133,7 +133,7 @@ def check_json_tree(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
 
     Raises:
         RequestError: The first problem found; ``param`` is the field's path
-            (``messages[0].name``).
+            (``messages[0].name``), or for nesting the top-level field.
     """
     stack: list[tuple[Any, int, tuple[Any, ...] | None]] = [(value, 1, None)]
     while stack:
@@ -149,8 +149,9 @@ def check_json_tree(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
                 raise RequestError(msg, _path(trail) or None)
         elif isinstance(item, (Mapping, list)):
             if depth > max_depth:
-                msg = f"{_path(trail)} is nested deeper than {max_depth} levels"
-                raise RequestError(msg, _path(trail) or None)
+                field = _path(trail).split(".")[0].split("[")[0]
+                msg = f"{field} is nested deeper than {max_depth} levels"
+                raise RequestError(msg, field or None)
             if isinstance(item, list):
                 stack.extend((child, depth + 1, (trail, i)) for i, child in enumerate(item))
                 continue
@@ -237,10 +238,11 @@ def validate_request(body: Any) -> dict[str, Any]:
         if not isinstance(message, Mapping):
             msg = f"messages[{index}] must be an object"
             raise RequestError(msg, f"messages[{index}]")
-        if message.get("role") not in KNOWN_ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in KNOWN_ROLES:
             msg = (
                 f"messages[{index}].role must be one of "
-                f"{', '.join(sorted(KNOWN_ROLES))}, got {shown(message.get('role'))}"
+                f"{', '.join(sorted(KNOWN_ROLES))}, got {shown(role)}"
             )
             raise RequestError(msg, f"messages[{index}].role")
         content = message.get("content")
@@ -333,7 +335,7 @@ def _validate_response_format(response_format: Any) -> None:
         msg = "response_format must be an object"
         raise RequestError(msg, "response_format")
     kind = response_format.get("type")
-    if kind not in RESPONSE_FORMAT_TYPES:
+    if not isinstance(kind, str) or kind not in RESPONSE_FORMAT_TYPES:
         msg = (
             f"response_format.type must be one of text, json_object, json_schema; got {shown(kind)}"
         )

@@ -295,7 +295,7 @@ def _announce(lineups: Sequence[LineUp], url: str, args: argparse.Namespace, key
     auth = "clients must send a bearer key" if keys else "no authentication (loopback only)"
     workers = f"{args.workers} worker{'s' if args.workers > 1 else ''}"
     lines.append(f"Serving at {url} ({workers}; {auth}). Press Ctrl-C to stop.")
-    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.write(redact("\n".join(lines)) + "\n")
     sys.stdout.flush()
 
 

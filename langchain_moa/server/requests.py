@@ -4,7 +4,9 @@ The mapping is what a LangChain caller would write: the messages become
 LangChain messages (``convert_to_messages``), ``tools``/``tool_choice``/
 ``parallel_tool_calls`` go through ``llm.bind_tools(...)``, and the sampling
 and format parameters through ``llm.bind(...)``; ``MoAChatModel`` hands them
-to the aggregator (see ``langchain_moa.validation.CALL_KWARGS``).
+to the aggregator (see ``langchain_moa.validation.CALL_KWARGS``). Tool
+parameters and ``response_format`` schemas must be valid JSON Schemas
+(``jsonschema``'s check of the meta-schema), as OpenAI requires.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import BaseMessage, convert_to_messages
 from langchain_core.runnables import Runnable
@@ -150,6 +154,9 @@ def _call_kwargs(body: Mapping[str, Any]) -> dict[str, Any]:
         kwargs["stop"] = [stop] if isinstance(stop, str) else list(stop)
     response_format = body.get("response_format")
     if response_format is not None and response_format.get("type") != "text":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if schema is not None:
+            check_schema(schema, "response_format.json_schema.schema")
         kwargs["response_format"] = dict(response_format)
     logit_bias = body.get("logit_bias")
     if logit_bias is not None:
@@ -184,6 +191,28 @@ def _messages(raw: list[Any]) -> list[BaseMessage]:
     return messages
 
 
+def check_schema(schema: Any, param: str, *, object_type: bool = False) -> None:
+    """Refuse what is not a valid JSON Schema (as OpenAI does), before any provider sees it.
+
+    Args:
+        schema: The schema as sent.
+        param: Its field, for the error.
+        object_type: The schema must say ``"type": "object"`` (or be ``{}``:
+            no parameters), as function parameters must.
+
+    Raises:
+        RequestError: An invalid schema; the message gives the first reason.
+    """
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as error:
+        msg = f"{param} is not a valid JSON Schema: {error.message[:200]}"
+        raise RequestError(msg, param) from None
+    if object_type and schema and schema.get("type") != "object":
+        msg = f"{param} must be a schema of type 'object', got type {shown(schema.get('type'))}"
+        raise RequestError(msg, param)
+
+
 def _tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     tools = body.get("tools") or []
     for index, tool in enumerate(tools):
@@ -191,6 +220,10 @@ def _tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
             kind = shown(tool.get("type"))
             msg = f"tools[{index}].type {kind} is not supported; use function tools"
             raise RequestError(msg, f"tools[{index}].type")
+        parameters = tool["function"].get("parameters")
+        if parameters is not None:
+            where = f"tools[{index}].function.parameters"
+            check_schema(parameters, where, object_type=True)
     return [dict(tool) for tool in tools]
 
 
