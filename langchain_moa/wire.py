@@ -38,6 +38,11 @@ MAX_JSON_DEPTH = 64
 MAX_TOKENS = 2**31 - 1
 """The largest ``max_tokens`` / ``max_completion_tokens`` a request may ask for."""
 
+_FORMAT_FIELDS = {
+    "text": {"type"},
+    "json_object": {"type"},
+    "json_schema": {"type", "json_schema"},
+}
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SHOWN_CHARS = 60
@@ -203,10 +208,11 @@ def validate_request(body: Any) -> dict[str, Any]:
     """Check the shape of a chat-completion request body.
 
     Only the structure is checked (model, messages and their roles and
-    contents, ``n``, token limits up to :data:`MAX_TOKENS`, ``stop``,
-    ``stream_options``, tools (each with ``type`` and, for ``"function"``, a
-    name of at most 64 letters, digits, ``_`` or ``-``), ``tool_choice`` and
-    ``response_format``); other parameters are left to the caller. Decode
+    contents, the ``text`` and ``image_url`` of content parts, ``n``, token
+    limits up to :data:`MAX_TOKENS`, ``stop``, ``stream_options``, tools (each
+    with ``type`` and, for ``"function"``, a name of at most 64 letters,
+    digits, ``_`` or ``-``), ``tool_choice`` and ``response_format`` (only the
+    fields of its type)); other parameters are left to the caller. Decode
     bodies with :func:`loads_request`, which refuses what no provider could
     receive.
 
@@ -249,6 +255,8 @@ def validate_request(body: Any) -> dict[str, Any]:
         if content is not None and not isinstance(content, (str, list)):
             msg = f"messages[{index}].content must be a string or an array"
             raise RequestError(msg, f"messages[{index}].content")
+        if isinstance(content, list):
+            _validate_parts(content, f"messages[{index}].content")
     n = body.get("n")
     if n is not None and n != 1:
         msg = "only n=1 is supported"
@@ -273,6 +281,25 @@ def validate_request(body: Any) -> dict[str, Any]:
     _validate_tools(body)
     _validate_response_format(body.get("response_format"))
     return dict(body)
+
+
+def _validate_parts(parts: list[Any], where: str) -> None:
+    """Check the fields of the text and image parts of a message's content."""
+    for index, part in enumerate(parts):
+        if not isinstance(part, Mapping):
+            continue  # a bare string, or what check_conversation names
+        kind = part.get("type")
+        if not isinstance(kind, str):
+            msg = f"{where}[{index}].type is required (a string such as 'text')"
+            raise RequestError(msg, f"{where}[{index}].type")
+        if kind == "text" and not isinstance(part.get("text"), str):
+            msg = f"{where}[{index}].text must be a string"
+            raise RequestError(msg, f"{where}[{index}].text")
+        if kind == "image_url":
+            image = part.get("image_url")
+            if not (isinstance(image, Mapping) and isinstance(image.get("url"), str)):
+                msg = f"{where}[{index}].image_url must be an object with a url (a string)"
+                raise RequestError(msg, f"{where}[{index}].image_url")
 
 
 def _validate_tools(body: Mapping[str, Any]) -> None:
@@ -340,6 +367,10 @@ def _validate_response_format(response_format: Any) -> None:
             f"response_format.type must be one of text, json_object, json_schema; got {shown(kind)}"
         )
         raise RequestError(msg, "response_format.type")
+    extra = [name for name in response_format if name not in _FORMAT_FIELDS[kind]]
+    if extra:
+        msg = f"response_format of type {kind!r} has no field {shown(extra[0])}"
+        raise RequestError(msg, "response_format")
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):

@@ -29,29 +29,25 @@ from langchain_moa.testing import OpenAISimulator
 from tests.integration_tests.server_harness import serve_app
 
 KEY = "hostile-test-key"
-ADD_TOOL = {
+LOOKUP_TOOL = {
     "type": "function",
     "function": {
-        "name": "add",
-        "description": "Add two integers.",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-        },
+        "name": "lookup",
+        "description": "Look a word up.",
+        "parameters": {"type": "object", "properties": {"word": {"type": "string"}}},
     },
 }
 VALID: dict[str, Any] = {
     "model": "moa",
     "messages": [
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "What is 2 + 3?", "name": "alice"},
+        {"role": "user", "content": [{"type": "text", "text": "Look up 'moa'"}], "name": "alice"},
     ],
     "temperature": 0.5,
     "max_tokens": 50,
     "stop": ["END"],
     "user": "alice",
-    "tools": [ADD_TOOL],
+    "tools": [LOOKUP_TOOL],
     "tool_choice": "auto",
 }
 STREAMED_JSON: dict[str, Any] = {
@@ -190,6 +186,26 @@ HOSTILE = [
         _tool(parameters={"type": "string"}),
         "tools[0].function.parameters",
         id="tool-schema-not-an-object",
+    ),
+    pytest.param(
+        _with(response_format={"type": "json_object", "json_schema": "x"}),
+        "response_format",
+        id="response-format-foreign-field",
+    ),
+    pytest.param(
+        _message(content=[{"type": ["text"], "text": "x"}]),
+        "messages[0].content[0].type",
+        id="part-type-not-a-string",
+    ),
+    pytest.param(
+        _message(content=[{"type": "text", "text": 5}]),
+        "messages[0].content[0].text",
+        id="text-part-not-a-string",
+    ),
+    pytest.param(
+        _message(content=[{"type": "image_url", "image_url": {}}]),
+        "messages[0].content[0].image_url",
+        id="image-part-without-url",
     ),
     pytest.param(_with().replace('"temperature": 0.5', '"temperature": NaN'), None, id="nan"),
     pytest.param(_with().replace("50", "5" * 5000), None, id="5000-digits"),
