@@ -1,11 +1,11 @@
-"""Run an ASGI app with uvicorn on a loopback port, in a background thread."""
+"""Run an ASGI app with uvicorn on a loopback port, in a background thread; wait for a condition."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,3 +39,13 @@ def serve_app(app: Any, **options: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> bool:
+    """Poll ``condition`` until it is true or ``timeout`` seconds passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return bool(condition())

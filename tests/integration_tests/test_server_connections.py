@@ -27,7 +27,7 @@ from langchain_moa import MoAChatModel
 from langchain_moa.server import ServerSettings, create_app
 from langchain_moa.server.connections import connection_options
 from langchain_moa.testing import OpenAISimulator
-from tests.integration_tests.server_harness import serve_app
+from tests.integration_tests.server_harness import serve_app, wait_for
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.0
@@ -171,28 +171,21 @@ def _health(url: str) -> httpx.Response:
     return httpx.get(url.removesuffix("/v1") + "/health", timeout=60)
 
 
-def _eventually(condition: Callable[[], bool], timeout: float = DROP_BOUND_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
 def test_past_the_connection_limit_a_503_in_openai_shape(sim: OpenAISimulator) -> None:
     options = connection_options(limit_concurrency=4, header_timeout=60)
     with serve_app(_app(sim), **options) as url:
         answers: list[httpx.Response] = []
+
+        def refused_yet() -> bool:
+            answers.append(_health(url))
+            return answers[-1].status_code == 503
+
         with _sockets(url, 4):
-            # Once uvicorn took the 4 idle connections, a fifth is refused.
-            assert _eventually(
-                lambda: answers.append(_health(url)) or answers[-1].status_code == 503
-            )
+            assert wait_for(refused_yet, DROP_BOUND_S)  # once uvicorn took the 4 idle ones
         refused = answers[-1]
         assert refused.json()["error"]["type"] == "server_error"
         assert refused.headers["retry-after"] == "1"
-        assert _eventually(lambda: _health(url).status_code == 200)
+        assert wait_for(lambda: _health(url).status_code == 200, DROP_BOUND_S)
 
 
 # -- moa serve ---------------------------------------------------------------------------
@@ -239,10 +232,13 @@ def test_moa_serve_answers_as_soon_as_it_says_serving(workers: int) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_moa_serve_drops_a_client_that_dribbles_its_headers() -> None:
-    with _moa_serve("--layers", "2", "--header-timeout", "1") as (_, url):
-        with _sockets(url, 5) as socks:
-            for sock in socks:
+def test_moa_serve_drops_clients_that_dribble_headers_or_stay_idle() -> None:
+    options = ("--header-timeout", "1", "--keep-alive-timeout", "1")
+    with _moa_serve("--layers", "2", *options) as (_, url):
+        with _sockets(url, 6) as (*dribbling, kept_alive):
+            for sock in dribbling:
                 sock.send(REQUEST_HEAD)
-            assert _until_closed(socks, _dribble) < DROP_BOUND_S
+            kept_alive.send(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")  # then idle
+            assert _until_closed(dribbling, _dribble) < DROP_BOUND_S
+            assert _until_closed([kept_alive], _idle) < DROP_BOUND_S
         assert _health(url).status_code == 200

@@ -152,6 +152,7 @@ def test_moa_serve_logs_no_upstream_credentials(sim: OpenAISimulator) -> None:
         os.killpg(process.pid, signal.SIGINT)
         output, _ = process.communicate(timeout=30)
     log = "".join(lines) + output
-    assert "POST /v1/chat/completions" in log  # the log is on (the access log here)
-    assert "moa-user:[REDACTED]@" in log  # the announced line-up names its (masked) server
     assert PASSWORD not in log
+    assert "POST /v1/chat/completions" in log  # the log is on (the access log here)
+    assert "HTTP Request:" not in log  # httpx's lines (every upstream URL) are not logged
+    assert "moa-user:[REDACTED]@" in log  # the announced line-up names its (masked) server
