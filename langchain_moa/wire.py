@@ -12,6 +12,8 @@ same dialect, the one the official ``openai`` client parses.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +31,21 @@ RESPONSE_FORMAT_TYPES = frozenset({"text", "json_object", "json_schema"})
 
 SSE_DONE = b"data: [DONE]\n\n"
 """The event that ends a stream."""
+
+MAX_JSON_DEPTH = 64
+"""How deeply a request body's arrays and objects may nest (the body itself is level 1)."""
+
+MAX_TOKENS = 2**31 - 1
+"""The largest ``max_tokens`` / ``max_completion_tokens`` a request may ask for."""
+
+_FORMAT_FIELDS = {
+    "text": {"type"},
+    "json_object": {"type"},
+    "json_schema": {"type", "json_schema"},
+}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SHOWN_CHARS = 60
 
 
 class RequestError(ValueError):
@@ -53,6 +70,104 @@ class RequestError(ValueError):
 # ---------------------------------------------------------------------------
 
 
+def shown(value: Any) -> str:
+    """A client's value for an error message: its ``repr``, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[: _SHOWN_CHARS - 3]}..."
+
+
+def _encodable(text: str) -> str:
+    """``text`` with each lone surrogate written out as backslash, ``u`` and hex digits."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _refuse_constant(name: str) -> Any:
+    msg = f"{name} is not a JSON number"
+    raise ValueError(msg)
+
+
+def loads_request(raw: bytes | str) -> Any:
+    """Decode a request body, refusing what JSON parsers disagree on or choke on.
+
+    Refused: malformed JSON (``NaN`` and ``Infinity`` too), a number of more
+    than Python's 4300 digits, nesting deeper than :data:`MAX_JSON_DEPTH`, and
+    whatever :func:`check_json_tree` refuses.
+
+    Args:
+        raw: The body as received.
+
+    Returns:
+        The decoded JSON value.
+
+    Raises:
+        RequestError: The body cannot be read as a request.
+    """
+    try:
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        msg = f"The request body is nested deeper than {MAX_JSON_DEPTH} levels."
+        raise RequestError(msg) from None
+    except ValueError as error:  # UnicodeDecodeError too
+        digits = "integer string conversion" in str(error)
+        msg = "a number in the request body has too many digits" if digits else ""
+        raise RequestError(msg or "The request body is not valid JSON.") from None
+    check_json_tree(body)
+    return body
+
+
+def _path(trail: tuple[Any, ...] | None) -> str:
+    parts: list[str] = []
+    while trail is not None:
+        trail, key = trail
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    return "".join(reversed(parts)).lstrip(".")
+
+
+def check_json_tree(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    r"""Refuse a decoded body no provider could receive, anywhere in it.
+
+    Without recursion (a deep body cannot exhaust the stack), it refuses
+    nesting deeper than ``max_depth``, a string or field name holding a lone
+    surrogate (a ``\ud800`` escape alone is valid JSON, but not Unicode that
+    UTF-8 can carry) and a non-finite number. The error names the field, never echoing
+    the bad text.
+
+    Args:
+        value: The decoded body.
+        max_depth: The deepest nesting allowed (the body itself is level 1).
+
+    Raises:
+        RequestError: The first problem found; ``param`` is the field's path
+            (``messages[0].name``), or for nesting the top-level field.
+    """
+    stack: list[tuple[Any, int, tuple[Any, ...] | None]] = [(value, 1, None)]
+    while stack:
+        item, depth, trail = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                where = _path(trail) or "the request body"
+                msg = f"{where} is not valid Unicode: it holds a lone surrogate (U+D800-U+DFFF)"
+                raise RequestError(msg, _path(trail) or None)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                msg = f"{_path(trail)} must be a finite number"
+                raise RequestError(msg, _path(trail) or None)
+        elif isinstance(item, (Mapping, list)):
+            if depth > max_depth:
+                field = _path(trail).split(".")[0].split("[")[0]
+                msg = f"{field} is nested deeper than {max_depth} levels"
+                raise RequestError(msg, field or None)
+            if isinstance(item, list):
+                stack.extend((child, depth + 1, (trail, i)) for i, child in enumerate(item))
+                continue
+            for key, child in item.items():
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    where = _path(trail) or "the request body"
+                    msg = f"a field name in {where} is not valid Unicode: it holds a lone surrogate"
+                    raise RequestError(msg, _path(trail) or None)
+                stack.append((child, depth + 1, (trail, key)))
+
+
 def function_tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Return the ``function`` entries of the function tools of a request.
 
@@ -66,7 +181,7 @@ def function_tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [
         tool["function"]
         for tool in tools
-        if isinstance(tool, Mapping) and tool.get("type", "function") == "function"
+        if isinstance(tool, Mapping) and tool.get("type") == "function"
     ]
 
 
@@ -93,9 +208,13 @@ def validate_request(body: Any) -> dict[str, Any]:
     """Check the shape of a chat-completion request body.
 
     Only the structure is checked (model, messages and their roles and
-    contents, ``n``, token limits, ``stop``, ``stream_options``, tools,
-    ``tool_choice`` and ``response_format``); other parameters are left to
-    the caller.
+    contents, the ``text`` and ``image_url`` of content parts, ``n``, token
+    limits up to :data:`MAX_TOKENS`, ``stop``, ``stream_options``, tools (each
+    with ``type`` and, for ``"function"``, a name of at most 64 letters,
+    digits, ``_`` or ``-``), ``tool_choice`` and ``response_format`` (only the
+    fields of its type)); other parameters are left to the caller. Decode
+    bodies with :func:`loads_request`, which refuses what no provider could
+    receive.
 
     Args:
         body: The decoded JSON body.
@@ -125,16 +244,19 @@ def validate_request(body: Any) -> dict[str, Any]:
         if not isinstance(message, Mapping):
             msg = f"messages[{index}] must be an object"
             raise RequestError(msg, f"messages[{index}]")
-        if message.get("role") not in KNOWN_ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in KNOWN_ROLES:
             msg = (
                 f"messages[{index}].role must be one of "
-                f"{', '.join(sorted(KNOWN_ROLES))}, got {message.get('role')!r}"
+                f"{', '.join(sorted(KNOWN_ROLES))}, got {shown(role)}"
             )
             raise RequestError(msg, f"messages[{index}].role")
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             msg = f"messages[{index}].content must be a string or an array"
             raise RequestError(msg, f"messages[{index}].content")
+        if isinstance(content, list):
+            _validate_parts(content, f"messages[{index}].content")
     n = body.get("n")
     if n is not None and n != 1:
         msg = "only n=1 is supported"
@@ -142,9 +264,9 @@ def validate_request(body: Any) -> dict[str, Any]:
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
+            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS
         ):
-            msg = f"{name} must be an integer >= 1, got {value!r}"
+            msg = f"{name} must be an integer between 1 and {MAX_TOKENS}, got {shown(value)}"
             raise RequestError(msg, name)
     stop = body.get("stop")
     if stop is not None and not (
@@ -161,6 +283,25 @@ def validate_request(body: Any) -> dict[str, Any]:
     return dict(body)
 
 
+def _validate_parts(parts: list[Any], where: str) -> None:
+    """Check the fields of the text and image parts of a message's content."""
+    for index, part in enumerate(parts):
+        if not isinstance(part, Mapping):
+            continue  # a bare string, or what check_conversation names
+        kind = part.get("type")
+        if not isinstance(kind, str):
+            msg = f"{where}[{index}].type is required (a string such as 'text')"
+            raise RequestError(msg, f"{where}[{index}].type")
+        if kind == "text" and not isinstance(part.get("text"), str):
+            msg = f"{where}[{index}].text must be a string"
+            raise RequestError(msg, f"{where}[{index}].text")
+        if kind == "image_url":
+            image = part.get("image_url")
+            if not (isinstance(image, Mapping) and isinstance(image.get("url"), str)):
+                msg = f"{where}[{index}].image_url must be an object with a url (a string)"
+                raise RequestError(msg, f"{where}[{index}].image_url")
+
+
 def _validate_tools(body: Mapping[str, Any]) -> None:
     tools = body.get("tools")
     if tools is not None:
@@ -171,12 +312,24 @@ def _validate_tools(body: Mapping[str, Any]) -> None:
             if not isinstance(tool, Mapping):
                 msg = f"tools[{index}] must be an object"
                 raise RequestError(msg, f"tools[{index}]")
-            if tool.get("type", "function") != "function":
+            kind = tool.get("type")
+            if not isinstance(kind, str):
+                msg = f"tools[{index}].type is required (a string: 'function')"
+                raise RequestError(msg, f"tools[{index}].type")
+            if kind != "function":
                 continue
             function = tool.get("function")
-            if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
-                msg = f"tools[{index}].function.name must be a string"
-                raise RequestError(msg, f"tools[{index}].function")
+            name = function.get("name") if isinstance(function, Mapping) else None
+            if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+                msg = (
+                    f"tools[{index}].function.name must be 1 to 64 letters, digits, "
+                    f"'_' or '-', got {shown(name)}"
+                )
+                raise RequestError(msg, f"tools[{index}].function.name")
+            description = function.get("description")
+            if description is not None and not isinstance(description, str):
+                msg = f"tools[{index}].function.description must be a string"
+                raise RequestError(msg, f"tools[{index}].function.description")
             parameters = function.get("parameters")
             if parameters is not None and not isinstance(parameters, Mapping):
                 msg = f"tools[{index}].function.parameters must be an object"
@@ -187,7 +340,7 @@ def _validate_tools(body: Mapping[str, Any]) -> None:
     names = [function["name"] for function in function_tools(body)]
     if isinstance(choice, str):
         if choice not in TOOL_CHOICE_MODES:
-            msg = f"tool_choice must be one of none, auto, required; got {choice!r}"
+            msg = f"tool_choice must be one of none, auto, required; got {shown(choice)}"
             raise RequestError(msg, "tool_choice")
         if choice == "required" and not names:
             msg = "tool_choice 'required' is only allowed when tools are specified"
@@ -198,7 +351,7 @@ def _validate_tools(body: Mapping[str, Any]) -> None:
         msg = "unsupported tool_choice; use a mode string or a function name"
         raise RequestError(msg, "tool_choice")
     if name not in names:
-        msg = f"tool_choice names the function {name!r}, which is not in tools"
+        msg = f"tool_choice names the function {shown(name)}, which is not in tools"
         raise RequestError(msg, "tool_choice")
 
 
@@ -209,9 +362,15 @@ def _validate_response_format(response_format: Any) -> None:
         msg = "response_format must be an object"
         raise RequestError(msg, "response_format")
     kind = response_format.get("type")
-    if kind not in RESPONSE_FORMAT_TYPES:
-        msg = f"response_format.type must be one of text, json_object, json_schema; got {kind!r}"
+    if not isinstance(kind, str) or kind not in RESPONSE_FORMAT_TYPES:
+        msg = (
+            f"response_format.type must be one of text, json_object, json_schema; got {shown(kind)}"
+        )
         raise RequestError(msg, "response_format.type")
+    extra = [name for name in response_format if name not in _FORMAT_FIELDS[kind]]
+    if extra:
+        msg = f"response_format of type {kind!r} has no field {shown(extra[0])}"
+        raise RequestError(msg, "response_format")
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
@@ -440,7 +599,7 @@ ERROR_KINDS: dict[int, tuple[str, str]] = {
 def error_body(
     status: int, message: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
-    """Build an OpenAI-style error body.
+    r"""Build an OpenAI-style error body.
 
     Args:
         status: The HTTP status.
@@ -452,7 +611,9 @@ def error_body(
         ``{"error": {"message", "type", "param", "code"}}`` with ``type`` and
         ``code`` chosen after the status (``"requests"`` /
         ``"rate_limit_exceeded"`` for 429, ``"server_error"`` for 5xx,
-        ``"invalid_request_error"`` for other 4xx).
+        ``"invalid_request_error"`` for other 4xx). A lone surrogate in
+        ``message`` or ``param`` is written as the text ``\udXXX``, so the
+        body can always be sent as UTF-8.
     """
     default = (
         ("server_error", "server_error")
@@ -462,9 +623,9 @@ def error_body(
     error_type, default_code = ERROR_KINDS.get(status, default)
     return {
         "error": {
-            "message": message,
+            "message": _encodable(message),
             "type": error_type,
-            "param": param,
+            "param": None if param is None else _encodable(param),
             "code": code or default_code,
         }
     }

@@ -16,18 +16,25 @@ Clients authenticate with a bearer key from ``--api-key`` or
 address, unless ``--insecure-no-auth``. With ``--workers N`` every worker
 process builds the same ensembles from the line-ups' names and reads the
 provider keys from its own environment; keys are never written anywhere.
+
+Connections are guarded (:mod:`langchain_moa.server.connections`): deadlines
+for a request's headers and body, an idle timeout, a bound on open
+connections. The log (:mod:`langchain_moa.server.logs`) is the server's and
+uvicorn's, masked; the root logger is left alone. ``Serving at ...`` is
+printed once the socket accepts connections.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import logging
+import logging.config
 import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict
 from types import FrameType
@@ -47,13 +54,19 @@ from langchain_moa.presets import PRESETS, preset_lineup
 from langchain_moa.server.app import create_app
 from langchain_moa.server.auth import API_KEYS_ENV, check_bind, server_keys
 from langchain_moa.server.config import load_config
+from langchain_moa.server.connections import (
+    HEADER_TIMEOUT_S,
+    KEEP_ALIVE_S,
+    LIMIT_CONCURRENCY,
+    connection_options,
+)
+from langchain_moa.server.logs import log_config
 from langchain_moa.server.settings import ServerSettings
 
 SPEC_ENV = "MOA_SERVE_SPEC"
 """How the parent hands line-ups and settings (no keys) to worker processes."""
 
 _DEFAULTS = ServerSettings()
-_KEEP_ALIVE_S = 65
 _PROG = "moa serve"
 
 
@@ -69,18 +82,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float | None:
-    if text.lower() in {"none", "0"}:
-        return None
+def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         msg = f"must be a number of seconds, got {text!r}"
         raise argparse.ArgumentTypeError(msg) from None
-    if not value > 0:
-        msg = f"must be positive, got {text}"
+    if not 0 < value < float("inf"):
+        msg = f"must be a positive number of seconds, got {text}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def _seconds(text: str) -> float | None:
+    return None if text.lower() in {"none", "0"} else _positive_seconds(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,9 +152,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds per request before 504, 'none' for no limit (default %(default)s)",
     )  # fmt: skip
     parser.add_argument(
+        "--body-timeout", type=_seconds, default=_DEFAULTS.body_timeout,
+        help="seconds a request body may take to arrive before 408, 'none' for no limit "
+        "(default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--header-timeout", type=_positive_seconds, default=HEADER_TIMEOUT_S,
+        help="seconds a request's headers may take to arrive before the connection is "
+        "closed (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-alive-timeout", type=_positive_seconds, default=KEEP_ALIVE_S,
+        help="seconds an idle kept-alive connection stays open (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--limit-concurrency", type=_positive_int, default=LIMIT_CONCURRENCY,
+        help="most open connections per worker (default %(default)s); more: 503",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-moa-details",
         action="store_true",
         help="leave the 'moa' extension field (every proposal) out of responses",
+    )
+    parser.add_argument(
+        "--expose-upstream",
+        action="store_true",
+        help="let upstream URLs and host:port through in responses (default: [upstream])",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request line")
     parser.add_argument(
@@ -160,7 +198,9 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
         max_messages=args.max_messages,
         max_concurrency_per_key=args.max_concurrency_per_key,
         request_timeout=args.request_timeout,
+        body_timeout=args.body_timeout,
         include_moa_details=not args.no_moa_details,
+        expose_upstream=args.expose_upstream,
     )
 
 
@@ -255,7 +295,7 @@ def _announce(lineups: Sequence[LineUp], url: str, args: argparse.Namespace, key
     auth = "clients must send a bearer key" if keys else "no authentication (loopback only)"
     workers = f"{args.workers} worker{'s' if args.workers > 1 else ''}"
     lines.append(f"Serving at {url} ({workers}; {auth}). Press Ctrl-C to stop.")
-    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.write(redact("\n".join(lines)) + "\n")
     sys.stdout.flush()
 
 
@@ -272,18 +312,39 @@ def _stopped(signum: int, frame: FrameType | None) -> None:
     raise _Stopped
 
 
-def _run(config: uvicorn.Config, workers: int, sock: socket.socket) -> None:
+class _Server(uvicorn.Server):
+    """uvicorn's server, calling ``on_started`` once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start serving, then call ``on_started``."""
+        await super().startup(sockets)
+        if self.started:
+            self._on_started()
+
+
+def _run(
+    config: uvicorn.Config, workers: int, sock: socket.socket, on_started: Callable[[], None]
+) -> None:
     """Serve on the bound socket until SIGINT or SIGTERM, then shut down gracefully.
 
-    uvicorn handles the signal, shuts down, then raises it again once its own
-    handlers are gone: that second time it ends the run here, quietly.
+    ``on_started`` is called once the socket accepts connections: when the
+    server has started, or, with workers, once the socket listens (the kernel
+    queues connections until a worker takes them). uvicorn handles the
+    signal, shuts down, then raises it again once its own handlers are gone:
+    that second time it ends the run here, quietly.
     """
     previous = signal.signal(signal.SIGTERM, _stopped)
     try:
         if workers > 1:
+            sock.listen(config.backlog)
+            on_started()
             Multiprocess(config, sockets=[sock]).run()
         else:
-            uvicorn.Server(config).run(sockets=[sock])
+            _Server(config, on_started).run(sockets=[sock])
     except (KeyboardInterrupt, _Stopped):
         pass
     finally:
@@ -308,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
     except ValueError as error:
         return _fail(str(error))
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
+    logging.config.dictConfig(log_config(args.log_level))
     with ExitStack() as stack:
         try:
             lineups = choose_lineups(args, stack)
@@ -319,11 +380,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "host": args.host,
             "port": args.port,
             "log_level": args.log_level,
+            "log_config": log_config(args.log_level),
             "access_log": args.access_log,
             "timeout_graceful_shutdown": 5,
-            # Longer than a client's or load balancer's idle connections (often 60 s):
-            # otherwise a pooled connection can be reused just as the server closes it.
-            "timeout_keep_alive": _KEEP_ALIVE_S,
+            **connection_options(
+                limit_concurrency=args.limit_concurrency,
+                header_timeout=args.header_timeout,
+                keep_alive_timeout=args.keep_alive_timeout,
+            ),
         }
         if args.workers > 1:
             os.environ[SPEC_ENV] = json.dumps(
@@ -341,9 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sock = config.bind_socket()
         except SystemExit:
             return _fail(f"cannot listen on {args.host}:{args.port}")
-        port = sock.getsockname()[1]
-        _announce(lineups, f"http://{_display(args.host)}:{port}/v1", args, bool(keys))
-        _run(config, args.workers, sock)
+        url = f"http://{_display(args.host)}:{sock.getsockname()[1]}/v1"
+        announce = functools.partial(_announce, lineups, url, args, bool(keys))
+        _run(config, args.workers, sock, announce)
     return 0
 
 

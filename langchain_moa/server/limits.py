@@ -1,8 +1,10 @@
-"""Request limits: body size and per-caller concurrency."""
+"""Request limits: body size and read time, and per-caller concurrency."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from collections.abc import Callable
 
 from starlette.requests import Request
 
@@ -22,18 +24,27 @@ class CallerSlots:
         self.limit = limit
         self._busy: Counter[str] = Counter()
 
-    def try_acquire(self, caller: str) -> bool:
-        """Take a slot for ``caller``; ``False`` when it has none left."""
-        if self._busy[caller] >= self.limit:
-            return False
-        self._busy[caller] += 1
-        return True
+    def try_acquire(self, caller: str) -> Callable[[], None] | None:
+        """Take a slot for ``caller``.
 
-    def release(self, caller: str) -> None:
-        """Give back a slot taken with :meth:`try_acquire`."""
-        self._busy[caller] -= 1
-        if self._busy[caller] <= 0:
-            del self._busy[caller]
+        Returns:
+            The function that gives the slot back (calling it again does
+            nothing), or ``None`` when ``caller`` has no slot left.
+        """
+        if self._busy[caller] >= self.limit:
+            return None
+        self._busy[caller] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._busy[caller] -= 1
+                if self._busy[caller] <= 0:
+                    del self._busy[caller]
+
+        return release
 
     def busy(self, caller: str) -> int:
         """Requests ``caller`` has in progress."""
@@ -47,20 +58,30 @@ def too_large(what: str, limit: int, param: str | None = None) -> ApiError:
     )
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+async def read_body(request: Request, max_bytes: int, timeout: float | None = None) -> bytes:
     """Read a request body of at most ``max_bytes``, without holding more.
 
     Args:
         request: The request.
         max_bytes: The limit.
+        timeout: Seconds the whole body may take to arrive (``None``: no limit).
 
     Returns:
         The body.
 
     Raises:
         ApiError: 413 as soon as the declared or received length passes the
-            limit; 400 for a malformed ``Content-Length``.
+            limit; 400 for a malformed ``Content-Length``; 408 (and the
+            connection closed) when the body did not arrive in time.
     """
+    try:
+        return await asyncio.wait_for(_read_body(request, max_bytes), timeout)
+    except asyncio.TimeoutError:
+        message = f"the request body did not arrive within {timeout:g} s"
+        raise ApiError(408, message, code="timeout", headers={"Connection": "close"}) from None
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:

@@ -4,7 +4,9 @@ The mapping is what a LangChain caller would write: the messages become
 LangChain messages (``convert_to_messages``), ``tools``/``tool_choice``/
 ``parallel_tool_calls`` go through ``llm.bind_tools(...)``, and the sampling
 and format parameters through ``llm.bind(...)``; ``MoAChatModel`` hands them
-to the aggregator (see ``langchain_moa.validation.CALL_KWARGS``).
+to the aggregator (see ``langchain_moa.validation.CALL_KWARGS``). Tool
+parameters and ``response_format`` schemas must be valid JSON Schemas
+(``jsonschema``'s check of the meta-schema), as OpenAI requires.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import BaseMessage, convert_to_messages
 from langchain_core.runnables import Runnable
 
 from langchain_moa.chat_model import MoAChatModel
 from langchain_moa.validation import check_call_kwargs, check_conversation
-from langchain_moa.wire import RequestError, validate_request
+from langchain_moa.wire import MAX_TOKENS, RequestError, shown, validate_request
 
 _TRANSPORT = frozenset({"model", "messages", "stream", "stream_options", "n"})
 _TOOLING = frozenset({"tools", "tool_choice", "parallel_tool_calls"})
@@ -33,9 +37,11 @@ _NUMBERS: dict[str, tuple[float, float, bool]] = {
     "frequency_penalty": (-2, 2, False),
     "presence_penalty": (-2, 2, False),
     "seed": (-(2**63), 2**63 - 1, True),
-    "max_tokens": (1, math.inf, True),
-    "max_completion_tokens": (1, math.inf, True),
+    "max_tokens": (1, MAX_TOKENS, True),
+    "max_completion_tokens": (1, MAX_TOKENS, True),
 }
+_LOGIT_BIAS = 100
+"""``logit_bias`` values lie in [-100, 100], as OpenAI documents."""
 _STRINGS = frozenset({"user", "reasoning_effort", "service_tier"})
 _REFUSED = {
     "logprobs": "log probabilities are not returned by a Mixture-of-Agents ensemble",
@@ -80,14 +86,21 @@ class ChatRequest:
 
         Returns:
             ``llm.bind_tools(...)`` (when tools are given) and ``.bind(...)``.
+
+        Raises:
+            RequestError: ``bind_tools`` refused the tools.
         """
         runnable: Runnable = llm
         if self.tools:
-            runnable = llm.bind_tools(
-                self.tools,
-                tool_choice=self.tool_choice,
-                parallel_tool_calls=self.parallel_tool_calls,
-            )
+            try:
+                runnable = llm.bind_tools(
+                    self.tools,
+                    tool_choice=self.tool_choice,
+                    parallel_tool_calls=self.parallel_tool_calls,
+                )
+            except (ValueError, TypeError, KeyError) as error:
+                msg = f"the tools cannot be used: {type(error).__name__}: {error}"
+                raise RequestError(msg, "tools") from None
         return runnable.bind(**self.call_kwargs) if self.call_kwargs else runnable
 
 
@@ -98,9 +111,10 @@ def _number(name: str, value: Any) -> float:
         noun = "an integer" if integer else "a number"
         msg = f"{name} must be {noun}, got {type(value).__name__}"
         raise RequestError(msg, name)
-    if not (math.isfinite(value) and low <= value <= high):
-        bounds = f">= {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
-        msg = f"{name} must be {bounds}, got {value!r}"
+    # An int is compared as an int: a 400-digit one cannot become a float.
+    finite = isinstance(value, int) or math.isfinite(value)
+    if not (finite and low <= value <= high):
+        msg = f"{name} must be between {low} and {high}, got {shown(value)}"
         raise RequestError(msg, name)
     return value
 
@@ -140,13 +154,19 @@ def _call_kwargs(body: Mapping[str, Any]) -> dict[str, Any]:
         kwargs["stop"] = [stop] if isinstance(stop, str) else list(stop)
     response_format = body.get("response_format")
     if response_format is not None and response_format.get("type") != "text":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if schema is not None:
+            check_schema(schema, "response_format.json_schema.schema")
         kwargs["response_format"] = dict(response_format)
     logit_bias = body.get("logit_bias")
     if logit_bias is not None:
         if not isinstance(logit_bias, Mapping) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in logit_bias.values()
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and -_LOGIT_BIAS <= v <= _LOGIT_BIAS
+            for v in logit_bias.values()
         ):
-            msg = "logit_bias must map token ids to numbers"
+            msg = f"logit_bias must map token ids to numbers from -{_LOGIT_BIAS} to {_LOGIT_BIAS}"
             raise RequestError(msg, "logit_bias")
         kwargs["logit_bias"] = dict(logit_bias)
     try:
@@ -171,12 +191,39 @@ def _messages(raw: list[Any]) -> list[BaseMessage]:
     return messages
 
 
+def check_schema(schema: Any, param: str, *, object_type: bool = False) -> None:
+    """Refuse what is not a valid JSON Schema (as OpenAI does), before any provider sees it.
+
+    Args:
+        schema: The schema as sent.
+        param: Its field, for the error.
+        object_type: The schema must say ``"type": "object"`` (or be ``{}``:
+            no parameters), as function parameters must.
+
+    Raises:
+        RequestError: An invalid schema; the message gives the first reason.
+    """
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as error:
+        msg = f"{param} is not a valid JSON Schema: {error.message[:200]}"
+        raise RequestError(msg, param) from None
+    if object_type and schema and schema.get("type") != "object":
+        msg = f"{param} must be a schema of type 'object', got type {shown(schema.get('type'))}"
+        raise RequestError(msg, param)
+
+
 def _tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     tools = body.get("tools") or []
     for index, tool in enumerate(tools):
-        if tool.get("type", "function") != "function":
-            msg = f"tools[{index}].type {tool.get('type')!r} is not supported; use function tools"
+        if tool.get("type") != "function":
+            kind = shown(tool.get("type"))
+            msg = f"tools[{index}].type {kind} is not supported; use function tools"
             raise RequestError(msg, f"tools[{index}].type")
+        parameters = tool["function"].get("parameters")
+        if parameters is not None:
+            where = f"tools[{index}].function.parameters"
+            check_schema(parameters, where, object_type=True)
     return [dict(tool) for tool in tools]
 
 

@@ -6,6 +6,8 @@ latency, error and attempts), ``aggregator`` (the same for the aggregator's
 call, with ``fallback_from`` when the fallback answered), ``failed_proposers``,
 ``degraded`` and, with ``aggregation="rank"``, ``ranker``. Clients that do not
 know it ignore it (the ``openai`` client keeps it in ``model_extra``).
+Upstream addresses in it (cost reasons, errors) are replaced with
+``[upstream]`` unless ``expose_upstream`` (see :mod:`langchain_moa.server.upstream`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.ai import UsageMetadata
 
+from langchain_moa.server.upstream import hide_upstream_in
 from langchain_moa.wire import (
     assistant_message,
     chunk_body,
@@ -58,9 +61,17 @@ def usage_object(usage: UsageMetadata | None) -> dict[str, Any] | None:
     return result
 
 
-def moa_details(response_metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``moa`` extension field: the run's record from ``response_metadata``."""
-    return {k: v for k, v in response_metadata.items() if k not in _NOT_DETAILS}
+def moa_details(
+    response_metadata: Mapping[str, Any], *, expose_upstream: bool = False
+) -> dict[str, Any]:
+    """The ``moa`` extension field: the run's record from ``response_metadata``.
+
+    Args:
+        response_metadata: The answer's metadata.
+        expose_upstream: Keep upstream addresses (by default each is replaced).
+    """
+    details = {k: v for k, v in response_metadata.items() if k not in _NOT_DETAILS}
+    return details if expose_upstream else hide_upstream_in(details)
 
 
 def _tool_calls(message: AIMessage) -> list[dict[str, Any]]:
@@ -96,7 +107,13 @@ def finish_reason(metadata: Mapping[str, Any], *, has_tool_calls: bool) -> str:
 
 
 def completion(
-    message: AIMessage, *, response_id: str, created: int, model: str, details: bool
+    message: AIMessage,
+    *,
+    response_id: str,
+    created: int,
+    model: str,
+    details: bool,
+    expose_upstream: bool = False,
 ) -> dict[str, Any]:
     """The ``chat.completion`` body of the ensemble's answer.
 
@@ -106,6 +123,7 @@ def completion(
         created: Unix time.
         model: The ensemble's served name.
         details: Whether to add the ``moa`` extension field.
+        expose_upstream: Keep upstream addresses in it.
 
     Returns:
         The JSON-ready body.
@@ -122,7 +140,7 @@ def completion(
         system_fingerprint=SYSTEM_FINGERPRINT,
     )
     if details:
-        body["moa"] = moa_details(message.response_metadata)
+        body["moa"] = moa_details(message.response_metadata, expose_upstream=expose_upstream)
     return body
 
 
@@ -141,10 +159,18 @@ class ChunkWriter:
         model: The ensemble's served name.
         include_usage: ``stream_options.include_usage``.
         details: Whether to add the ``moa`` extension field.
+        expose_upstream: Keep upstream addresses in it.
     """
 
     def __init__(
-        self, *, response_id: str, created: int, model: str, include_usage: bool, details: bool
+        self,
+        *,
+        response_id: str,
+        created: int,
+        model: str,
+        include_usage: bool,
+        details: bool,
+        expose_upstream: bool = False,
     ) -> None:
         self._common = {
             "response_id": response_id,
@@ -154,6 +180,7 @@ class ChunkWriter:
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
         self._details = details
+        self._expose_upstream = expose_upstream
         self._include_usage = include_usage
         self._started = False
         self._calls: dict[int, str] = {}
@@ -210,5 +237,5 @@ class ChunkWriter:
             usage = usage_object(self._usage)
             chunks.append(chunk_body(choices=[], usage=usage, **self._common))
         if self._details:
-            chunks[-1]["moa"] = moa_details(self._metadata)
+            chunks[-1]["moa"] = moa_details(self._metadata, expose_upstream=self._expose_upstream)
         return chunks

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from langchain_moa import MoAChatModel
 from langchain_moa.server import ServerSettings, create_app
 from langchain_moa.testing import ModelBehavior, OpenAISimulator
-from tests.integration_tests.server_harness import serve_app
+from tests.integration_tests.server_harness import serve_app, wait_for
 from tests.simulated_usage import moa_lite_usage
 
 KEY = "test-key-1"
@@ -104,15 +104,6 @@ def base_url(sim: OpenAISimulator) -> Iterator[str]:
 def client(base_url: str) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=30) as api:
         yield api
-
-
-def _wait_for(condition: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def _expected(question: str = QUESTION) -> str:
@@ -488,7 +479,7 @@ def test_concurrency_limit_per_key_gets_429(sim: OpenAISimulator) -> None:
         pending = threading.Thread(target=_post_and_time_out, args=(url, body))
         before = len(sim.requests_for("hang-p"))
         pending.start()
-        assert _wait_for(lambda: len(sim.requests_for("hang-p")) > before)
+        assert wait_for(lambda: len(sim.requests_for("hang-p")) > before)
         refused = _post(url, {"model": "moa", "messages": [{"role": "user", "content": "x"}]})
         error = _error(refused, 429)
         assert refused.headers["retry-after"] == "2"
@@ -499,7 +490,7 @@ def test_concurrency_limit_per_key_gets_429(sim: OpenAISimulator) -> None:
         assert other.status_code == 200  # another key has its own budget
         pending.join()
         # the timed-out client's slot comes back once its run is cancelled
-        assert _wait_for(
+        assert wait_for(
             lambda: (
                 _post(
                     url, {"model": "moa", "messages": [{"role": "user", "content": "x"}]}
@@ -552,7 +543,7 @@ def test_timeouts_get_504(client: openai.OpenAI, sim: OpenAISimulator) -> None:
         )
         assert _error(response, 504)["code"] == "timeout"
         assert time.monotonic() - started < 5
-    assert _wait_for(lambda: sim.in_flight == 0)
+    assert wait_for(lambda: sim.in_flight == 0)
 
 
 def test_an_error_after_the_first_token_ends_the_stream_with_an_error_event(
@@ -583,7 +574,7 @@ def test_disconnect_cancels_inner_calls(base_url: str, sim: OpenAISimulator) -> 
     ):
         api.chat.completions.create(model="hang", messages=[{"role": "user", "content": "x"}])
     assert len(sim.requests_for("hang-p")) == before + 1
-    assert _wait_for(lambda: sim.in_flight == 0, 5), "the proposer's HTTP call was not cancelled"
+    assert wait_for(lambda: sim.in_flight == 0, 5), "the proposer's HTTP call was not cancelled"
 
 
 def test_disconnect_mid_stream_cancels_the_aggregator(base_url: str, sim: OpenAISimulator) -> None:
@@ -597,7 +588,7 @@ def test_disconnect_mid_stream_cancels_the_aggregator(base_url: str, sim: OpenAI
                 break
         assert sim.in_flight == 1  # the aggregator is still writing
         stream.close()
-    assert _wait_for(lambda: sim.in_flight == 0, 5), "the aggregator's stream was not cancelled"
+    assert wait_for(lambda: sim.in_flight == 0, 5), "the aggregator's stream was not cancelled"
 
 
 # -- moa serve -------------------------------------------------------------------------
@@ -624,7 +615,7 @@ def _serve(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Po
         if line.startswith("Serving at "):
             url = line.split()[2]
             threading.Thread(target=process.stdout.read, daemon=True).start()
-            _wait_for(lambda: _healthy(url), 60)  # noqa: B023 - called before the loop goes on
+            wait_for(lambda: _healthy(url), 60)  # noqa: B023 - called before the loop goes on
             return process, url
     _stop(process)
     pytest.fail(f"moa serve did not start: {''.join(lines)}")
